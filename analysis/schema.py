@@ -1,0 +1,41 @@
+"""The result table's explicit schema (DESIGN §5): one row per trial per epoch.
+
+Shared by the writer (jobs/) and the reader (analysis/) so the two can never drift apart.
+Errors are in percent (0-100), as in the paper's tables; `wall_s` is the epoch's wall time, so a trial's
+device-hours are sum(wall_s) × workers / 3600.
+"""
+
+import pyarrow as pa
+
+RESULT_SCHEMA = pa.schema(
+    [
+        pa.field("experiment", pa.string(), nullable=False),
+        pa.field("trial_key", pa.string(), nullable=False),  # hash of the config without seed, plus "-s<seed>"
+        pa.field("config_key", pa.string(), nullable=False),  # hash of the config without the seed
+        pa.field("recipe", pa.string(), nullable=False),
+        pa.field("dataset", pa.string(), nullable=False),
+        pa.field("augmentation", pa.string(), nullable=False),
+        pa.field("model", pa.string(), nullable=False),
+        pa.field("variant", pa.string(), nullable=False),  # standard | gnp | sam | fgr | bgr | db
+        pa.field("alpha", pa.float64(), nullable=False),
+        pa.field("r", pa.float64(), nullable=False),
+        pa.field("seed", pa.int64(), nullable=False),
+        pa.field("seeds_planned", pa.int64(), nullable=False),  # seeds the grid asked for this config
+        pa.field("epoch", pa.int64(), nullable=False),  # 1-based
+        pa.field("epochs", pa.int64(), nullable=False),  # planned epochs of the trial
+        pa.field("train_loss", pa.float64()),
+        pa.field("train_err", pa.float64()),  # percent
+        pa.field("test_top1_err", pa.float64()),  # percent
+        pa.field("test_top5_err", pa.float64()),  # percent
+        pa.field("grad_norm", pa.float64()),  # mean ||g1|| over the epoch
+        pa.field("lr", pa.float64()),
+        pa.field("images_per_s", pa.float64()),  # training throughput, all workers together
+        pa.field("wall_s", pa.float64()),  # this epoch's wall seconds
+        pa.field("workers", pa.int64(), nullable=False),
+        pa.field("device", pa.string(), nullable=False),  # e.g. "cpu", "NVIDIA H100 80GB HBM3"
+        pa.field("status", pa.string(), nullable=False),  # ok | diverged | failed
+        pa.field("code_version", pa.string(), nullable=False),
+    ]
+)
+
+STATUSES = ("ok", "diverged", "failed")
