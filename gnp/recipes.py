@@ -58,7 +58,7 @@ _IMAGENET = dict(
 )
 
 RECIPES: dict[str, TrainConfig] = {
-    "digits": TrainConfig(recipe="digits", augmentation="crop"),
+    "digits": TrainConfig(recipe="digits", augmentation="crop", lr=0.1),
     "imagenet-resnet50": TrainConfig(recipe="imagenet-resnet50", model="resnet50", **_IMAGENET),
     "imagenet-resnet101": TrainConfig(recipe="imagenet-resnet101", model="resnet101", **_IMAGENET),
     "imagenet-vgg16bn": TrainConfig(

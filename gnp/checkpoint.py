@@ -1,0 +1,54 @@
+"""Checkpoints as plain dicts of tensors and numbers: written atomically, read with weights_only=True."""
+
+import os
+import random
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+FILENAME = "checkpoint.pt"
+
+
+def save(state: dict, path: Path) -> None:
+    """Write to a temp file in the same folder, then rename: a crash never leaves half a checkpoint."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def rng_state(device: torch.device) -> dict:
+    """Python, NumPy, torch and CUDA generators, as tensors and plain numbers (no pickled objects)."""
+    np_state = np.random.get_state(legacy=False)
+    return dict(
+        python=random.getstate(),
+        numpy_key=torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+        numpy_pos=int(np_state["state"]["pos"]),
+        numpy_gauss=(int(np_state["has_gauss"]), float(np_state["gauss"])),
+        torch=torch.get_rng_state(),
+        cuda=torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+    )
+
+
+def set_rng_state(state: dict, device: torch.device) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    np.random.set_state(dict(
+        bit_generator="MT19937",
+        state=dict(key=state["numpy_key"].numpy().astype(np.uint32), pos=state["numpy_pos"]),
+        has_gauss=state["numpy_gauss"][0], gauss=state["numpy_gauss"][1],
+    ))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
