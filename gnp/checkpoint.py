@@ -1,5 +1,6 @@
 """Checkpoints as plain dicts of tensors and numbers: written atomically, read with weights_only=True."""
 
+import json
 import os
 import random
 import tempfile
@@ -9,19 +10,28 @@ import numpy as np
 import torch
 
 FILENAME = "checkpoint.pt"
+ROWS_FILENAME = "rows.json"
 
 
-def save(state: dict, path: Path) -> None:
-    """Write to a temp file in the same folder, then rename: a crash never leaves half a checkpoint."""
+def atomic_write(path: Path, write) -> None:
+    """write(file) into a temp file in the same folder, then rename: a crash never leaves half a file."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
+            write(f)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def save(state: dict, path: Path) -> None:
+    atomic_write(path, lambda f: torch.save(state, f))
+
+
+def save_rows(rows: list[dict], path: Path) -> None:
+    atomic_write(path, lambda f: f.write(json.dumps(rows).encode()))
 
 
 def load(path: Path) -> dict:

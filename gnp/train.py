@@ -255,8 +255,9 @@ def train(cfg: TrainConfig, *, resume: dict | None = None, report: Report | None
           device: torch.device | None = None) -> list[dict]:
     """Train one run on this worker; returns the metrics rows of every epoch (resumed ones included).
 
-    `resume` is a loaded checkpoint (see gnp.checkpoint.load). Rank 0 writes <out>/checkpoint.pt after
-    every epoch, then every rank calls `report(row, folder or None)`.
+    `resume` is a loaded checkpoint (see gnp.checkpoint.load). Rank 0 writes <out>/checkpoint.pt and
+    <out>/rows.json (every row so far, readable without torch) after every epoch, then every rank calls
+    `report(row, folder or None)`.
     """
     out = prepare_output(cfg.out)
     run = Run(cfg, device)
@@ -269,6 +270,7 @@ def train(cfg: TrainConfig, *, resume: dict | None = None, report: Report | None
         state = run.state()
         if run.rank == 0:
             checkpoint.save(state, out / checkpoint.FILENAME)
+            checkpoint.save_rows(run.rows, out / checkpoint.ROWS_FILENAME)
         report(row, str(out) if run.rank == 0 else None)
     return run.rows
 

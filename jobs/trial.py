@@ -1,0 +1,90 @@
+"""Ray Train: one trial is one TorchTrainer whose workers run gnp's loop as DDP (NCCL on GPU, gloo on CPU).
+
+Rank 0 reports a checkpoint every epoch under a deterministic name (epoch_0001, ...); a restarted worker
+group reads the latest back with `ray.train.get_checkpoint()` and gnp resumes it exactly.
+"""
+
+import dataclasses
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import ray.train
+import ray.train.torch
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, ScalingConfig
+from ray.train.torch import TorchConfig, TorchTrainer
+
+from gnp import checkpoint
+from gnp.recipes import TrainConfig
+from gnp.train import train
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """Runs on every Train worker: gnp.train with Ray's device, checkpoint and report."""
+    out = tempfile.mkdtemp(prefix="gnp-worker-")  # this worker's epoch checkpoints before upload
+    cfg = TrainConfig(**config["train"]).replace(out=out)
+    resume = None
+    latest = ray.train.get_checkpoint()
+    if latest is not None:
+        with latest.as_directory() as folder:
+            resume = checkpoint.load(Path(folder) / checkpoint.FILENAME)
+
+    def report(row, folder):
+        ray.train.report(
+            row,
+            checkpoint=Checkpoint.from_directory(folder) if folder else None,
+            checkpoint_dir_name=f"epoch_{row['epoch']:04d}",
+            delete_local_checkpoint_after_upload=False,
+        )
+
+    try:
+        train(cfg, resume=resume, report=report, device=ray.train.torch.get_device())
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+@dataclasses.dataclass
+class Placement:
+    """How many Train workers a trial gets and what each one holds."""
+
+    workers: int = 2
+    gpus_per_worker: float = 0.0
+    cpus_per_worker: float = 1.0
+
+    @property
+    def use_gpu(self) -> bool:
+        return self.gpus_per_worker > 0
+
+    def per_trial(self) -> dict:
+        return {"CPU": self.workers * self.cpus_per_worker, "GPU": self.workers * self.gpus_per_worker}
+
+
+def fit_trial(cfg: TrainConfig, placement: Placement, *, storage: str, name: str, max_failures: int = 3,
+              callbacks=()) -> ray.train.Result:
+    """Train one configuration on `placement.workers` DDP workers; reusing `name` resumes that run."""
+    if not placement.use_gpu and cfg.threads == 0:
+        cfg = cfg.replace(threads=max(1, int(placement.cpus_per_worker)))
+    resources = {"CPU": placement.cpus_per_worker}
+    if placement.use_gpu:
+        resources["GPU"] = placement.gpus_per_worker
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"train": dataclasses.asdict(cfg)},
+        scaling_config=ScalingConfig(num_workers=placement.workers, use_gpu=placement.use_gpu,
+                                     resources_per_worker=resources),
+        run_config=ray.train.RunConfig(
+            name=name, storage_path=storage, callbacks=list(callbacks),
+            failure_config=FailureConfig(max_failures=max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+        torch_config=TorchConfig(backend="nccl" if placement.use_gpu else "gloo"),
+    )
+    return trainer.fit()
+
+
+def rows_of(result: ray.train.Result) -> list[dict]:
+    """Every epoch's metrics row, from rows.json in the run's latest checkpoint (no model download)."""
+    ckpt = result.checkpoint
+    with ckpt.filesystem.open_input_stream(f"{ckpt.path}/{checkpoint.ROWS_FILENAME}") as stream:
+        return json.loads(stream.read())
