@@ -18,6 +18,7 @@ import math
 import os
 import random
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -88,9 +89,7 @@ def prepare_output(out: str) -> Path:
     path = Path(out).expanduser().resolve()
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write-test"
-        probe.write_text("")
-        probe.unlink()
+        tempfile.TemporaryFile(dir=path).close()  # a per-process probe: ranks share the folder
     except OSError as err:
         raise UserError(f"output folder {path} is not writable ({err.strerror}); choose another --out") from None
     return path
@@ -160,7 +159,7 @@ class Run:
             self.regularization_ramp(step)
             first = {}
 
-            def closure(create_graph=False):
+            def closure(create_graph=False, images=images, targets=targets, first=first):
                 with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
                     logits = self.ddp(images)
                     loss = F.cross_entropy(logits, targets, label_smoothing=self.cfg.label_smoothing)

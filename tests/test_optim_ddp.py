@@ -1,15 +1,15 @@
 """Two gloo processes: the DDP step equals the per-rank computation by hand, with one all-reduce per step."""
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-import pytest
+from test_optim import LR, batch, closure_for, flat_norm, loss_of, mlp
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.func import grad
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from gnp.optim import GNP
-from test_optim import LR, batch, closure_for, flat_norm, loss_of, mlp
 
 WORLD, ALPHA, R = 2, 0.3, 0.05
 pytestmark = pytest.mark.ddp
