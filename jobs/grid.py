@@ -199,6 +199,8 @@ def remember_grid(results: str, experiment: str, grid: dict) -> None:
 def ray_init():
     import ray
 
+    if ray.is_initialized():  # the caller (a test, a notebook) connected already
+        return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if os.environ.get("RAY_ADDRESS"):  # inside `ray job submit`, or a cluster named by the user
         ray.init(log_to_driver=False)

@@ -61,15 +61,18 @@ class Placement:
 
 
 def fit_trial(cfg: TrainConfig, placement: Placement, *, storage: str, name: str, max_failures: int = 3,
-              callbacks=()) -> ray.train.Result:
-    """Train one configuration on `placement.workers` DDP workers; reusing `name` resumes that run."""
+              callbacks=(), loop=train_loop_per_worker) -> ray.train.Result:
+    """Train one configuration on `placement.workers` DDP workers; reusing `name` resumes that run.
+
+    `loop` is the per-worker function (tests wrap train_loop_per_worker to kill a worker mid-run).
+    """
     if not placement.use_gpu and cfg.threads == 0:
         cfg = cfg.replace(threads=max(1, int(placement.cpus_per_worker)))
     resources = {"CPU": placement.cpus_per_worker}
     if placement.use_gpu:
         resources["GPU"] = placement.gpus_per_worker
     trainer = TorchTrainer(
-        train_loop_per_worker,
+        loop,
         train_loop_config={"train": dataclasses.asdict(cfg)},
         scaling_config=ScalingConfig(num_workers=placement.workers, use_gpu=placement.use_gpu,
                                      resources_per_worker=resources),

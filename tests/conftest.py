@@ -4,6 +4,12 @@ import os
 
 import pytest
 
+# Ray reads these once, at import, so they are set here, before any test module imports it. Loopback:
+# Ray on Linux gives a node its network address; with this the test head and this process's ray.init both
+# use 127.0.0.1. Token auth, as `ray start` enforces it (the token itself: tests/test_ray.py's cluster).
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+os.environ["RAY_AUTH_MODE"] = "token"
+
 
 @pytest.fixture(scope="session")
 def digits_root(tmp_path_factory):

@@ -1,0 +1,65 @@
+"""Submit the grid to a Ray cluster through the Jobs API (what `make submit` runs).
+
+    python -m jobs.submit --address http://127.0.0.1:8265 -- --recipe imagenet-resnet50 --data /mnt/imagenet ...
+
+The working tree is uploaded without .venv, .git, results, runs and data; the cluster's nodes already
+have the environment (cluster/). Reach a remote dashboard through `ray dashboard cluster.yaml` or
+`kubectl port-forward`, never an open port. With token auth on (Ray's default for `ray start`), the token
+is read from ~/.ray/auth_token (RAY_AUTH_MODE=token).
+"""
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+EXCLUDES = [".venv", ".git", "results", "runs", "data", "**/__pycache__", "*.pt", ".pytest_cache"]
+PROJECT = Path(__file__).resolve().parent.parent
+
+
+def submit(address: str, grid_args: list[str], *, python: str = "python", wait: bool = True,
+           timeout_s: float = 7 * 24 * 3600) -> tuple[str, str]:
+    """Submit `python -m jobs.grid <grid_args>`; returns (job id, final status or 'SUBMITTED')."""
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    client = JobSubmissionClient(address)
+    job_id = client.submit_job(
+        entrypoint=" ".join([python, "-m", "jobs.grid", *grid_args]),
+        runtime_env={"working_dir": str(PROJECT), "excludes": EXCLUDES},
+    )
+    print(f"submitted {job_id} to {address}; follow it with: ray job logs --follow {job_id}", flush=True)
+    if not wait:
+        return job_id, "SUBMITTED"
+    deadline = time.monotonic() + timeout_s
+    while (status := client.get_job_status(job_id)) not in {JobStatus.SUCCEEDED, JobStatus.FAILED,
+                                                             JobStatus.STOPPED}:
+        if time.monotonic() > deadline:
+            client.stop_job(job_id)
+            raise TimeoutError(f"job {job_id} still {status} after {timeout_s:.0f}s; stopped it")
+        time.sleep(2)
+    print(client.get_job_logs(job_id)[-4000:], flush=True)
+    return job_id, str(status.value)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m jobs.submit", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--address", default="http://127.0.0.1:8265", help="the Jobs API (dashboard) address")
+    p.add_argument("--python", default="python", help="the interpreter on the cluster (default python)")
+    p.add_argument("--no-wait", action="store_true", help="return once submitted")
+    p.add_argument("grid_args", nargs=argparse.REMAINDER, help="-- then the arguments of python -m jobs.grid")
+    args = p.parse_args(argv)
+    grid_args = args.grid_args[1:] if args.grid_args[:1] == ["--"] else args.grid_args
+    try:
+        _, status = submit(args.address, grid_args, python=args.python, wait=not args.no_wait)
+    except ConnectionError as err:
+        print(f"error: cannot reach the Ray Jobs API at {args.address} ({err}); start port forwarding with "
+              "`ray dashboard CLUSTER.yaml` or check --address", file=sys.stderr)
+        return 2
+    return 0 if status in ("SUCCEEDED", "SUBMITTED") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
