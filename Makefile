@@ -12,6 +12,14 @@ RESULTS ?= $(CURDIR)/results
 EXPERIMENT ?=
 ADDRESS ?= http://127.0.0.1:8265
 
+# The demo grid on the embedded digits (no DATA): 2 seeds x (standard, GNP alpha 0.8, SAM), 2 CPU workers each.
+DEMO_GRID := --recipe digits --seeds 0,1 --alpha 0,0.8,1 --r 0.05 --workers 2 --experiment digits-demo
+# The paper's ImageNet grid for RECIPE (DATA given): 3 seeds x alpha in {0, 0.2, 0.3, 1}, r = 0.05.
+WORKERS ?= 8
+PAPER_GRID = --recipe $(RECIPE) --data $(DATA) --seeds 0,1,2 --alpha 0,0.2,0.3,1 --r 0.05 \
+	--workers $(WORKERS) --gpus-per-worker 1 --experiment $(or $(EXPERIMENT),$(RECIPE)-paper)
+GRID ?= $(if $(DATA),$(PAPER_GRID),$(DEMO_GRID))
+
 .PHONY: install test imagenet train tables lint bench submit clean
 
 install: $(VENV)/.installed
@@ -26,20 +34,25 @@ test: $(VENV)/.installed
 	$(PY) -m pytest -q
 
 imagenet: $(VENV)/.installed
-	$(PY) -m jobs.imagenet --recipe $(RECIPE) $(if $(DATA),--data $(DATA)) --results $(RESULTS) $(if $(EXPERIMENT),--experiment $(EXPERIMENT))
+	$(PY) -m jobs.grid $(GRID) --results $(RESULTS)
+
+# The same grid on a running Ray cluster through the Jobs API (RESULTS must then be shared: s3://... or NFS).
+submit: $(VENV)/.installed
+	RAY_AUTH_MODE=token $(PY) -m jobs.submit --address $(ADDRESS) -- $(GRID) --results $(RESULTS)
 
 train: $(VENV)/.installed
 	$(PY) -m gnp.train $(ARGS)
 
 tables: $(VENV)/.installed
-	@test -n "$(RESULTS)" || { echo "usage: make tables RESULTS=results/<experiment>"; exit 2; }
 	$(PY) -m analysis table $(RESULTS)
 
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check gnp jobs analysis tests bench
+	$(VENV)/bin/ruff check gnp jobs analysis tests bench cluster
 
 bench: $(VENV)/.installed
 	$(PY) bench/step_ratio.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+include cluster/cluster.mk
