@@ -16,6 +16,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -285,8 +286,19 @@ def print_table(results: str, experiment: str) -> None:
     print(analysis.format_table(frame), flush=True)
 
 
+def negative_lists_joined(argv: list[str]) -> list[str]:
+    """`--alpha -0.5,0`: argparse takes "-0.5,0" for an option; join it as `--alpha=-0.5,0`, as meant."""
+    out = []
+    for arg in argv:
+        if out and out[-1] in ("--alpha", "--r") and re.fullmatch(r"-[\d.][\d.,eE+-]*", arg):
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(negative_lists_joined(sys.argv[1:] if argv is None else list(argv)))
     try:
         return run_grid(args)
     except UserError as err:

@@ -117,12 +117,18 @@ def test_grid_writes_one_file_per_trial_with_the_schema_and_a_rerun_adds_nothing
 def test_a_diverging_trial_is_recorded_and_the_grid_goes_on(cluster, tmp_path):
     # r = 1e20 makes θ' overflow BatchNorm's variance in float32: a NaN loss in the first epoch for α ≠ 0,
     # while α = 0 (standard) ignores r.
-    assert run_grid(tmp_path, "--seeds", "0", "--alpha=-0.5,0", "--r", "1e20", "--epochs", "2",
+    assert run_grid(tmp_path, "--seeds", "0", "--alpha", "-0.5,0", "--r", "1e20", "--epochs", "2",
                     "--experiment", "d") == 0
     rows = parquet_rows(tmp_path / "results" / "d")
     diverged = [r for r in rows if r["alpha"] == -0.5]
     assert [r["status"] for r in diverged] == ["diverged"]
     assert [r["status"] for r in rows if r["alpha"] == 0] == ["ok", "ok"]
+
+
+def test_negative_alpha_lists_parse_as_values():
+    argv = grid.negative_lists_joined(["--alpha", "-0.5,0", "--r", "0.05", "--seeds", "0"])
+    args = grid.build_parser().parse_args(argv)
+    assert args.alpha == [-0.5, 0.0] and args.r == [0.05] and args.seeds == [0]
 
 
 def killing_loop(config):
