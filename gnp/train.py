@@ -30,11 +30,12 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from gnp import checkpoint
+from gnp.config import TrainConfig
 from gnp.data import build_loaders, check_layout, ensure_digits
 from gnp.errors import UserError
 from gnp.models import build_model
 from gnp.optim import GNP
-from gnp.recipes import RECIPES, TrainConfig, get_recipe
+from gnp.recipes import RECIPES, get_recipe
 
 DIVERGENCE_CHECK_EVERY = 50  # steps between the (one-scalar) all-reduces that look for a NaN loss
 

@@ -20,8 +20,10 @@ import re
 import sys
 from pathlib import Path
 
+from gnp import variants
+from gnp.config import TrainConfig
 from gnp.errors import UserError
-from gnp.recipes import RECIPES, VARIANTS, TrainConfig, get_recipe
+from gnp.recipes import RECIPES, get_recipe
 from jobs import results as res
 
 TRIAL_DRIVER_CPU = 0.01  # a sliver: a full CPU per trial driver deadlocks small nodes (DESIGN §9)
@@ -86,7 +88,7 @@ def grid_configs(args) -> list[TrainConfig]:
     """Every distinct configuration × seed, validated; standard runs ignore r, so they run once."""
     variants = [v.strip() for v in args.variant.split(",") if v.strip()]
     for v in variants:
-        if v not in VARIANTS or v in ("standard", "sam"):
+        if v not in variants.sweepable():
             raise UserError(f"--variant takes gnp, fgr, bgr or db (α=0 and α=1 make standard and SAM); got {v!r}")
     if not args.seeds or not args.alpha or not args.r:
         raise UserError("--seeds, --alpha and --r each need at least one value")

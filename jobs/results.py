@@ -4,9 +4,6 @@ One file per trial, named by its deterministic key and written atomically (temp 
 never leaves half a table and a rerun replaces a trial's file instead of adding rows.
 """
 
-import dataclasses
-import hashlib
-import json
 import subprocess
 import uuid
 from pathlib import Path
@@ -16,19 +13,7 @@ import pyarrow.parquet as pq
 from pyarrow import fs as pafs
 
 from analysis.schema import RESULT_SCHEMA
-from gnp.recipes import TrainConfig
-
-# Fields that change where or how fast a run goes, not what it computes: not part of the trial key.
-RUNTIME_FIELDS = ("data", "out", "loader_workers", "threads", "device", "seed")
-
-
-def config_key(cfg: TrainConfig) -> str:
-    fields = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUNTIME_FIELDS}
-    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def trial_key(cfg: TrainConfig) -> str:
-    return f"{config_key(cfg)}-s{cfg.seed}"
+from gnp.config import TrainConfig, config_key, trial_key
 
 
 def code_version() -> str:

@@ -16,7 +16,7 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from gnp import checkpoint
-from gnp.recipes import TrainConfig
+from gnp.config import TrainConfig
 from gnp.train import train
 
 
