@@ -86,8 +86,8 @@ def scheme(variant: str, alpha: float) -> str:
 
 def grid_configs(args) -> list[TrainConfig]:
     """Every distinct configuration × seed, validated; standard runs ignore r, so they run once."""
-    variants = [v.strip() for v in args.variant.split(",") if v.strip()]
-    for v in variants:
+    names = [v.strip() for v in args.variant.split(",") if v.strip()]
+    for v in names:
         if v not in variants.sweepable():
             raise UserError(f"--variant takes gnp, fgr, bgr or db (α=0 and α=1 make standard and SAM); got {v!r}")
     if not args.seeds or not args.alpha or not args.r:
@@ -95,7 +95,7 @@ def grid_configs(args) -> list[TrainConfig]:
     overrides = dict(data=args.data, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, amp=args.amp,
                      channels_last=args.channels_last, loader_workers=args.loader_workers)
     configs, seen = [], set()
-    for variant in variants:
+    for variant in names:
         for alpha in args.alpha:
             for r in args.r:
                 for seed in args.seeds:
