@@ -195,7 +195,10 @@ def validate(cfg: TrainConfig) -> None:
 
 
 def ranks_for(cfg: TrainConfig, workers: int) -> None:
-    """The global batch must split over `workers`, into the per-rank batch the recipe perturbs on."""
+    """The global batch must split over `workers`, into the per-rank batch the recipe perturbs on; a
+    single-process variant (db) runs on one."""
+    if workers > 1 and not variants.get(cfg.variant).ddp:
+        raise UserError(f"variant {cfg.variant!r} is the single-process reference; run it with 1 worker")
     if cfg.batch_size % workers:
         raise UserError(f"batch size {cfg.batch_size} does not split over {workers} workers; "
                         f"use a multiple of {workers}")

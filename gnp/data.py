@@ -1,16 +1,24 @@
 """ImageNet in its folder layout, the torchvision reference transforms, and the embedded default dataset.
 
-The embedded default (DESIGN §4) is scikit-learn's 8×8 handwritten digits, written once as JPEG files in the
-ImageNet layout (`train/<class>/*.JPEG`, `val/<class>/*.JPEG`, a fixed stratified split), so the same
-ImageFolder + JPEG path runs on a fresh machine as on ImageNet.
+The embedded default is scikit-learn's 8×8 handwritten digits, written once as JPEG files in the ImageNet
+layout (`train/<class>/*.JPEG`, `val/<class>/*.JPEG`, a fixed stratified split), so the same ImageFolder +
+JPEG path runs on a fresh machine as on ImageNet.
+
+Augmentation is a pure function of (seed, epoch, sample index): each training sample's crop and flip come
+from a generator seeded with those three numbers, so neither the number of loader processes, nor the
+number of ranks, nor a restart can change a single image. Loaders hand out uint8 tensors (a quarter of
+float32's bytes through shared and pinned memory); `normalize` turns them into floats on the device.
 """
 
+import functools
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
-from torch.utils.data import DataLoader, DistributedSampler, Sampler
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from torchvision import datasets, transforms
 
 from gnp.errors import UserError
@@ -91,16 +99,64 @@ def build_transforms(image_size: int, augmentation: str):
     """torchvision's classification reference: RRC(0.08-1) + flip; eval resize image_size·8/7, center crop.
 
     "crop" (the digits): shifts by up to 1/8 of the side for training, the whole image for evaluation;
-    flipping a digit would change its class.
+    flipping a digit would change its class. Both end in uint8 CHW tensors (see `normalize`).
     """
-    normalize = [transforms.ToTensor(), transforms.Normalize(MEAN, STD)]
+    to_tensor = [transforms.PILToTensor()]
     if augmentation == "crop":
         train = [transforms.RandomCrop(image_size, padding=image_size // 8)]
         evaluate = [transforms.Resize(image_size), transforms.CenterCrop(image_size)]
     else:
         train = [transforms.RandomResizedCrop(image_size, scale=(0.08, 1.0)), transforms.RandomHorizontalFlip()]
         evaluate = [transforms.Resize(round(image_size * 256 / 224)), transforms.CenterCrop(image_size)]
-    return transforms.Compose(train + normalize), transforms.Compose(evaluate + normalize)
+    return transforms.Compose(train + to_tensor), transforms.Compose(evaluate + to_tensor)
+
+
+@functools.cache
+def _mean_std(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """255·mean and 255·std on `device`, made once (not a host-to-device copy per batch)."""
+    return tuple(torch.tensor(v, device=device).mul_(255).view(1, 3, 1, 1) for v in (MEAN, STD))
+
+
+def normalize(images: torch.Tensor, memory_format=torch.contiguous_format) -> torch.Tensor:
+    """uint8 images (on their device) to the float inputs the models take: (x/255 − mean)/std."""
+    mean, std = _mean_std(images.device)
+    return images.to(memory_format=memory_format).float().sub_(mean).div_(std)
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1, np.uint64)[0] >> 1)
+
+
+class SeededSamples(Dataset):
+    """Training samples keyed by (index, epoch): the transform draws from sample_seed(seed, epoch, index)."""
+
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset, self.seed = dataset, seed
+
+    def __getitem__(self, key):
+        index, epoch = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed(self.seed, epoch, index))
+            return self.dataset[index]
+
+    def __len__(self):
+        return len(self.dataset)
+
+
+class EpochSampler(Sampler):
+    """DistributedSampler's shuffled shard of the indices, each paired with the epoch for SeededSamples."""
+
+    def __init__(self, sampler: DistributedSampler):
+        self.sampler = sampler
+
+    def set_epoch(self, epoch: int):
+        self.sampler.set_epoch(epoch)
+
+    def __iter__(self):
+        return ((index, self.sampler.epoch) for index in self.sampler)
+
+    def __len__(self):
+        return len(self.sampler)
 
 
 class ShardSampler(Sampler):
@@ -125,8 +181,9 @@ def build_loaders(root: Path, *, image_size, augmentation, batch_size, workers, 
     if len(train_set) < batch_size * world:
         raise UserError(f"{root / 'train'} has {len(train_set)} images, fewer than one global batch "
                         f"({batch_size * world}); lower --batch-size")
-    sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=seed)
-    common = dict(num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0)
-    train = DataLoader(train_set, batch_size, sampler=sampler, drop_last=True, **common)
+    sampler = EpochSampler(DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=seed))
+    common = dict(num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0,
+                  prefetch_factor=4 if workers > 0 else None)
+    train = DataLoader(SeededSamples(train_set, seed), batch_size, sampler=sampler, drop_last=True, **common)
     val = DataLoader(val_set, batch_size, sampler=ShardSampler(len(val_set), rank, world), **common)
     return train, val, len(train_set.classes)

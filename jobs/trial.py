@@ -17,7 +17,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from gnp import checkpoint
 from gnp.config import TrainConfig
-from gnp.train import train
+from gnp.loop import train
 
 
 def train_loop_per_worker(config: dict) -> None:

@@ -2,6 +2,7 @@
 
 import copy
 import io
+import warnings
 
 import pytest
 import torch
@@ -11,8 +12,15 @@ from torch.func import functional_call, grad
 
 from gnp.optim import GNP
 
-torch.set_default_dtype(torch.float64)
 LR = 0.1
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    """Exact comparisons in float64, for these tests only (the rest of the suite runs float32)."""
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(torch.float32)
 
 
 def mlp(seed=0):
@@ -48,7 +56,7 @@ def flat_norm(tree):
     return torch.sqrt(sum((v**2).sum() for v in tree.values()))
 
 
-def reference_gradient(model, x, y, variant, alpha, r, l2=0.0, mix="paper"):
+def reference_gradient(model, x, y, variant, alpha, r, l2=0.0, mix="paper", eta=0.01):
     """g for one step of each variant, written out from the formulas."""
     f = loss_of(model, x, y, l2)
     theta = {k: v.detach() for k, v in model.named_parameters()}
@@ -57,8 +65,14 @@ def reference_gradient(model, x, y, variant, alpha, r, l2=0.0, mix="paper"):
     if variant == "db":
         penalty_grad = grad(lambda p: flat_norm(grad(f)(p)))(theta)
         return {k: g1[k] + alpha * r * penalty_grad[k] for k in theta}
-    step = {"gnp": r / n1, "sam": r / n1, "fgr": r, "bgr": -r}[variant]
-    g2 = grad(f)({k: theta[k] + step * g1[k] for k in theta})
+    if variant == "asam":  # Kwon et al.: T = |θ| + η on weights, 1 on biases; e = r·T²g1/‖T·g1‖
+        t = {k: theta[k].abs() + eta if k.endswith("weight") else torch.ones_like(theta[k]) for k in theta}
+        t_norm = flat_norm({k: t[k] * g1[k] for k in theta})
+        e = {k: r * t[k] ** 2 * g1[k] / t_norm for k in theta}
+    else:
+        step = {"gnp": r / n1, "sam": r / n1, "fgr": r, "bgr": -r}[variant]
+        e = {k: step * g1[k] for k in theta}
+    g2 = grad(f)({k: theta[k] + e[k] for k in theta})
     a, b = {"bgr": (1 + alpha, -alpha)}.get(variant, (1 - alpha, alpha))
     if mix == "official":
         a = (1 - alpha) / n1
@@ -68,24 +82,27 @@ def reference_gradient(model, x, y, variant, alpha, r, l2=0.0, mix="paper"):
 @pytest.mark.parametrize(
     "variant,alpha,mix",
     [("gnp", 0.3, "paper"), ("gnp", 0.8, "official"), ("sam", 1.0, "paper"), ("fgr", 0.5, "paper"),
-     ("bgr", 0.5, "paper"), ("db", 0.4, "paper"), ("gnp", -0.5, "paper"), ("gnp", 1.5, "paper")],
+     ("bgr", 0.5, "paper"), ("db", 0.4, "paper"), ("gnp", -0.5, "paper"), ("gnp", 1.5, "paper"),
+     ("asam", 1.0, "paper"), ("asam", 0.5, "paper")],
 )
 @pytest.mark.parametrize("l2", [0.0, 0.01])
 def test_each_variant_matches_its_formula(variant, alpha, mix, l2):
     model, (x, y), r = mlp(), batch(), 0.05
     expected = reference_gradient(model, x, y, variant, alpha, r, l2, mix)
     theta = {k: v.detach().clone() for k, v in model.named_parameters()}
-    opt = GNP(model.parameters(), torch.optim.SGD, alpha=alpha, r=r, variant=variant, mix=mix,
+    opt = GNP(model, torch.optim.SGD, alpha=alpha, r=r, variant=variant, mix=mix,
               weight_decay=l2, lr=LR)
     opt.step(closure_for(model, x, y))
     for k, p in model.named_parameters():
         torch.testing.assert_close(p.detach(), theta[k] - LR * expected[k], rtol=0, atol=1e-12)
 
 
-def test_grad_norm_is_the_global_norm_of_g1():
+@pytest.mark.parametrize("variant,alpha", [("standard", 0.0), ("gnp", 0.3), ("db", 0.3)])
+def test_grad_norm_is_the_norm_of_the_data_loss_gradient_for_every_scheme(variant, alpha):
+    """One quantity for all schemes: ‖∇L(θ)‖ of the loss alone (the L2 term left out), in true units."""
     model, (x, y) = mlp(), batch()
     g1 = grad(loss_of(model, x, y))({k: v.detach() for k, v in model.named_parameters()})
-    opt = GNP(model.parameters(), alpha=0.3, r=0.05, lr=LR)
+    opt = GNP(model, alpha=alpha, r=0.05, variant=variant, lr=LR, weight_decay=0.1)
     opt.step(closure_for(model, x, y))
     torch.testing.assert_close(opt.grad_norm, flat_norm(g1), rtol=0, atol=1e-12)
 
@@ -112,7 +129,7 @@ def test_alpha_zero_is_the_base_optimizer_bit_for_bit_in_one_pass():
     def counting(model):
         real_forward = model.forward
         model.forward = lambda x: (calls.append(1), real_forward(x))[1]
-        return GNP(model.parameters(), torch.optim.SGD, alpha=0.0, r=0.05, **kw)
+        return GNP(model, torch.optim.SGD, alpha=0.0, r=0.05, **kw)
 
     ours = run_steps(counting)
     assert len(calls) == 3, "alpha = 0 must cost one forward pass per step"
@@ -141,7 +158,7 @@ def test_alpha_one_is_straightforward_sam():
                 p.sub_(ei)
         sgd.step()
     for variant in ("sam", "gnp"):
-        ours = run_steps(lambda m, v=variant: GNP(m.parameters(), alpha=1.0, r=0.05, variant=v, **kw))
+        ours = run_steps(lambda m, v=variant: GNP(m, alpha=1.0, r=0.05, variant=v, **kw))
         for p, q in zip(sam_model.parameters(), ours.parameters(), strict=True):
             torch.testing.assert_close(p, q, rtol=0, atol=1e-13)
 
@@ -158,7 +175,7 @@ def regularizer_error(variant, alpha, r):
         hg = grad(lambda p: 0.5 * flat_norm(grad(f)(p)) ** 2)(theta)
         exact = {k: g1[k] + alpha * r * hg[k] for k in theta}
     before = {k: v.detach().clone() for k, v in model.named_parameters()}
-    GNP(model.parameters(), alpha=alpha, r=r, variant=variant, lr=1.0).step(closure_for(model, x, y))
+    GNP(model, alpha=alpha, r=r, variant=variant, lr=1.0).step(closure_for(model, x, y))
     ours = {k: before[k] - p.detach() for k, p in model.named_parameters()}  # g, as lr = 1
     num = flat_norm({k: (ours[k] - g1[k]) - (exact[k] - g1[k]) for k in theta})
     return (num / flat_norm({k: exact[k] - g1[k] for k in theta})).item()
@@ -181,7 +198,7 @@ def test_zero_gradient_gives_no_nan_and_the_base_step():
         loss.backward()
         return loss
 
-    opt = GNP(model.parameters(), alpha=0.5, r=0.05, lr=LR)
+    opt = GNP(model, alpha=0.5, r=0.05, lr=LR)
     opt.step(closure)
     assert opt.grad_norm == 0
     for p, q in zip(before, model.parameters(), strict=True):
@@ -197,7 +214,7 @@ def test_batchnorm_running_stats_come_from_the_first_pass_only():
     model, (x, y) = bn_model(), batch()
     first_pass_only = copy.deepcopy(model)
     first_pass_only(x)
-    GNP(model.parameters(), alpha=0.5, r=0.05, lr=LR, model=model).step(closure_for(model, x, y))
+    GNP(model, alpha=0.5, r=0.05, lr=LR, model=model).step(closure_for(model, x, y))
     ours, ref = model[1], first_pass_only[1]
     assert torch.equal(ours.running_mean, ref.running_mean)
     assert torch.equal(ours.running_var, ref.running_var)
@@ -208,7 +225,7 @@ def test_clipping_applies_to_the_final_gradient():
     model, (x, y) = mlp(), batch()
     g = reference_gradient(model, x, y, "gnp", 0.5, 0.05)
     before = {k: v.detach().clone() for k, v in model.named_parameters()}
-    GNP(model.parameters(), alpha=0.5, r=0.05, lr=1.0, clip_grad_norm=1e-3).step(closure_for(model, x, y))
+    GNP(model, alpha=0.5, r=0.05, lr=1.0, clip_grad_norm=1e-3).step(closure_for(model, x, y))
     moved = {k: before[k] - p.detach() for k, p in model.named_parameters()}
     torch.testing.assert_close(flat_norm(moved), torch.tensor(1e-3), rtol=1e-5, atol=0)
     cos = sum((moved[k] * g[k]).sum() for k in g) / (flat_norm(moved) * flat_norm(g))
@@ -222,7 +239,7 @@ def test_fp16_scaler_skips_the_whole_step_when_either_pass_overflows(bad_pass):
         model, (x, y) = mlp(), batch()
         x = x.float()
         scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
-        opt = GNP(model.parameters(), alpha=0.5, r=0.05, lr=LR, grad_scaler=scaler)
+        opt = GNP(model, alpha=0.5, r=0.05, lr=LR, grad_scaler=scaler)
         before = [p.detach().clone() for p in model.parameters()]
         calls, poison = [], [True]
 
@@ -252,7 +269,7 @@ def test_fp16_scaler_step_equals_the_unscaled_step():
         for scaler in (None, torch.amp.GradScaler("cpu", init_scale=2.0**10)):
             model, (x, y) = mlp(), batch()
             x = x.float()
-            opt = GNP(model.parameters(), alpha=0.5, r=0.05, lr=LR, weight_decay=0.01, grad_scaler=scaler)
+            opt = GNP(model, alpha=0.5, r=0.05, lr=LR, weight_decay=0.01, grad_scaler=scaler)
 
             def closure(scaler=scaler, model=model, x=x, y=y):
                 loss = F.cross_entropy(model(x), y)
@@ -272,7 +289,7 @@ def test_bf16_autocast_step_runs():
     try:
         model, (x, y) = bn_model(), batch()
         x = x.float()
-        opt = GNP(model.parameters(), alpha=0.5, r=0.05, lr=LR, model=model)
+        opt = GNP(model, alpha=0.5, r=0.05, lr=LR, model=model)
 
         def closure():
             with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -292,12 +309,12 @@ def test_bf16_autocast_step_runs():
 def test_checkpoint_round_trip_continues_bit_identically():
     kw = dict(alpha=0.5, r=0.05, lr=LR, momentum=0.9, nesterov=True, weight_decay=1e-3)
     straight = mlp()
-    opt = GNP(straight.parameters(), **kw)
+    opt = GNP(straight, **kw)
     for i in range(4):
         opt.step(closure_for(straight, *batch(seed=10 + i)))
 
     first = mlp()
-    opt = GNP(first.parameters(), **kw)
+    opt = GNP(first, **kw)
     for i in range(2):
         opt.step(closure_for(first, *batch(seed=10 + i)))
     buffer = io.BytesIO()
@@ -306,7 +323,7 @@ def test_checkpoint_round_trip_continues_bit_identically():
     saved = torch.load(buffer, weights_only=True)
     resumed = mlp(seed=123)
     resumed.load_state_dict(saved["model"])
-    opt = GNP(resumed.parameters(), **kw)
+    opt = GNP(resumed, **kw)
     opt.load_state_dict(saved["optimizer"])
     assert opt.param_groups[0]["l2"] == 1e-3 and opt.param_groups[0]["weight_decay"] == 0
     for i in range(2, 4):
@@ -319,7 +336,7 @@ def test_weight_decay_in_the_base_optimizer_is_applied_after_the_mix():
     model, (x, y) = mlp(), batch()
     g = reference_gradient(model, x, y, "gnp", 0.5, 0.05, l2=0.0)
     theta = {k: v.detach().clone() for k, v in model.named_parameters()}
-    GNP(model.parameters(), alpha=0.5, r=0.05, lr=LR, weight_decay=0.01, weight_decay_mode="base").step(
+    GNP(model, alpha=0.5, r=0.05, lr=LR, weight_decay=0.01, weight_decay_mode="base").step(
         closure_for(model, x, y)
     )
     for k, p in model.named_parameters():
@@ -334,3 +351,144 @@ def test_weight_decay_in_the_base_optimizer_is_applied_after_the_mix():
 def test_bad_arguments_are_refused(kwargs):
     with pytest.raises(ValueError):
         GNP(mlp().parameters(), lr=LR, **kwargs)
+
+
+def test_db_with_an_fp16_scaler_and_l2_equals_the_unscaled_step():
+    """The scaled gradient is unscaled before the L2 term and the norm: same step, same logged norm."""
+    torch.set_default_dtype(torch.float32)
+    results = []
+    for scaler in (None, torch.amp.GradScaler("cpu", init_scale=1024.0)):
+        model, (x, y) = mlp(), batch()
+        x = x.float()
+        opt = GNP(model, alpha=0.4, r=0.05, variant="db", lr=LR, weight_decay=0.5, grad_scaler=scaler)
+
+        def closure(create_graph=False, scaler=scaler, model=model, x=x, y=y):
+            loss = F.cross_entropy(model(x), y)
+            (loss if scaler is None else scaler.scale(loss)).backward(create_graph=create_graph)
+            return loss
+
+        opt.step(closure)
+        results.append(([p.detach().clone() for p in model.parameters()], opt.grad_norm))
+    (plain, plain_norm), (scaled, scaled_norm) = results
+    for p, q in zip(plain, scaled, strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(plain_norm, scaled_norm, rtol=1e-5, atol=0)
+
+
+def test_a_skipped_fp16_step_is_flagged_on_the_device_and_a_clean_one_is_not():
+    torch.set_default_dtype(torch.float32)
+    model, (x, y) = mlp(), batch()
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    opt = GNP(model, alpha=0.5, r=0.05, lr=LR, grad_scaler=scaler)
+    poison = [True]
+
+    def closure():
+        loss = F.cross_entropy(model(x.float()), y)
+        scaler.scale(loss).backward()
+        if poison[0]:
+            next(model.parameters()).grad[0, 0] = float("inf")
+        return loss
+
+    loss = opt.step(closure)
+    assert torch.isfinite(loss) and opt.skipped.item()
+    poison[0] = False
+    opt.step(closure)
+    assert not opt.skipped.item()
+
+
+def dropout_model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 32), nn.Dropout(0.5), nn.Linear(32, 3))
+
+
+@pytest.mark.parametrize("same", [True, False])
+def test_both_passes_see_the_same_dropout_masks_by_default(same):
+    model, (x, y) = dropout_model(), batch()
+    masks = []
+    model[1].register_forward_hook(lambda m, i, o: masks.append(o == 0))
+    opt = GNP(model, alpha=0.5, r=0.05, lr=LR, same_dropout_masks=same)
+    opt.step(closure_for(model, x, y))
+    assert len(masks) == 2
+    assert torch.equal(masks[0], masks[1]) == same
+    # afterwards the stream goes on from where pass 1 left it: the next step's masks are new ones
+    opt.step(closure_for(model, x, y))
+    assert not torch.equal(masks[2], masks[0])
+
+
+def test_same_masks_give_the_gradient_of_one_fixed_network():
+    """With the masks of pass 1 replayed, g equals the formula on the network with those masks fixed."""
+    model, (x, y) = dropout_model(), batch()
+    torch.manual_seed(7)
+    masks = []
+    hook = model[1].register_forward_hook(lambda m, i, o: masks.append((o != 0).to(o.dtype) * 2.0))
+    model(x)
+    hook.remove()
+    theta = {k: v.detach().clone() for k, v in model.named_parameters()}
+
+    def f(params):
+        h = torch.func.functional_call(model[0], {k[2:]: v for k, v in params.items() if k.startswith("0.")}, (x,))
+        out = torch.func.functional_call(model[2], {k[2:]: v for k, v in params.items() if k.startswith("2.")},
+                                         (h * masks[0],))
+        return F.cross_entropy(out, y)
+
+    g1 = grad(f)(theta)
+    g2 = grad(f)({k: theta[k] + 0.05 * g1[k] / flat_norm(g1) for k in theta})
+    expected = {k: 0.5 * g1[k] + 0.5 * g2[k] for k in theta}
+    torch.manual_seed(7)
+    GNP(model, alpha=0.5, r=0.05, lr=LR).step(closure_for(model, x, y))
+    for k, p in model.named_parameters():
+        torch.testing.assert_close(p.detach(), theta[k] - LR * expected[k], rtol=0, atol=1e-12)
+
+
+def test_an_exception_in_the_second_pass_leaves_the_weights_at_theta():
+    model, (x, y) = mlp(), batch()
+    theta = [p.detach().clone() for p in model.parameters()]
+    calls = []
+
+    def closure():
+        calls.append(1)
+        if len(calls) == 2:
+            raise torch.OutOfMemoryError("simulated")
+        return closure_for(model, x, y)()
+
+    with pytest.raises(torch.OutOfMemoryError):
+        GNP(model, alpha=0.5, r=0.05, lr=LR).step(closure)
+    assert all(torch.equal(p, q) for p, q in zip(theta, model.parameters(), strict=True))
+
+
+def test_without_the_model_a_two_pass_optimizer_warns_about_batchnorm_and_dropout():
+    model = bn_model()
+    with pytest.warns(UserWarning, match="BatchNorm running statistics"):
+        GNP(model.parameters(), alpha=0.5, r=0.05, lr=LR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        GNP(model, alpha=0.5, r=0.05, lr=LR)  # the module itself: its BatchNorm is found
+        GNP(model.parameters(), alpha=0.0, r=0.05, variant="standard", lr=LR)  # one pass: nothing to warn
+
+
+def test_asam_needs_the_model_to_tell_weights_from_biases():
+    with pytest.raises(ValueError, match="needs model="):
+        GNP(mlp().parameters(), alpha=1.0, r=0.05, variant="asam", lr=LR)
+
+
+def test_regularize_false_makes_a_standard_one_pass_step():
+    reference, model, (x, y) = mlp(), mlp(), batch()
+    calls = []
+    GNP(reference, alpha=0.0, r=0.05, variant="standard", lr=LR).step(closure_for(reference, x, y))
+    opt = GNP(model, alpha=0.5, r=0.05, lr=LR)
+    opt.step(lambda: (calls.append(1), closure_for(model, x, y)())[1], regularize=False)
+    assert len(calls) == 1
+    assert all(torch.equal(p, q) for p, q in zip(reference.parameters(), model.parameters(), strict=True))
+
+
+@pytest.mark.parametrize("variant,alpha", [("standard", 0.0), ("gnp", 0.5), ("sam", 1.0), ("fgr", 0.5),
+                                           ("bgr", 0.5), ("asam", 1.0)])
+def test_every_scalar_of_a_step_lives_on_the_parameters_device(variant, alpha):
+    """The meta device refuses a mix with CPU tensors as CUDA does: a step on it finds any CPU scalar."""
+    torch.set_default_dtype(torch.float32)
+    model = bn_model().to("meta")
+    x, y = torch.randn(16, 6, device="meta"), torch.zeros(16, dtype=torch.long, device="meta")
+    opt = GNP(model, alpha=alpha, r=0.05, variant=variant, lr=LR, momentum=0.9, weight_decay=1e-4,
+              clip_grad_norm=5.0, grad_scaler=torch.amp.GradScaler("cpu", enabled=False))
+    opt.step(closure_for(model, x, y))
+    assert opt.grad_norm.device.type == "meta"

@@ -9,8 +9,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from gnp import checkpoint
+from gnp.loop import train
 from gnp.recipes import get_recipe
-from gnp.train import main, train
+from gnp.train import main
 
 FAST = dict(epochs=2, batch_size=32, loader_workers=0, threads=1)
 

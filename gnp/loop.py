@@ -1,0 +1,329 @@
+"""The per-worker training loop: one process, torchrun, or a Ray Train worker (jobs/ wraps it).
+
+Each epoch: train (GNP steps), evaluate on every validation image once, write a checkpoint atomically on
+rank 0, and hand one metrics row to `report`. A NaN/inf loss ends the run with status "diverged": that is
+a result, not a crash. An fp16 step that the GradScaler skips for overflow is routine: it is counted in
+the row (`skipped_steps`), never taken for divergence.
+
+Randomness: every rank starts from the same seed (the same initial weights), then draws from its own
+stream (dropout masks differ per rank, as the official code's per-device keys); augmentation is a pure
+function of (seed, epoch, sample index) (gnp.data). On CUDA nothing here forces a host sync per step: the
+epoch's sums stay on the device and are read once per epoch (and a one-scalar NaN check every 50 steps).
+"""
+
+import dataclasses
+import math
+import os
+import random
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+
+from gnp import checkpoint
+from gnp.config import TrainConfig, ranks_for
+from gnp.data import build_loaders, check_layout, ensure_digits, normalize
+from gnp.errors import UserError
+from gnp.models import build_model
+from gnp.optim import GNP
+
+DIVERGENCE_CHECK_EVERY = 50  # steps between the (one-scalar) all-reduces that look for a NaN loss
+MIN_LOSS_SCALE = 2.0**-16  # an fp16 loss scale below this means every step overflows: diverged
+
+Report = Callable[[dict, str | None], None]  # (metrics row, folder holding checkpoint.pt on rank 0 or None)
+
+
+def distributed_context():
+    """(rank, world, local_rank); starts the process group under torchrun if nobody did yet."""
+    if not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
+    return 0, 1, 0
+
+
+def resolve_device(cfg: TrainConfig, local_rank: int) -> torch.device:
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("device 'cuda' was asked for but no CUDA GPU is visible; use --device cpu")
+    if cfg.device == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    torch.cuda.set_device(local_rank)
+    return torch.device("cuda", local_rank)
+
+
+def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """amp=auto is bf16 on CUDA and fp32 (None) on a CPU."""
+    amp = ("bf16" if device.type == "cuda" else "none") if cfg.amp == "auto" else cfg.amp
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+
+
+def lr_lambda(cfg: TrainConfig, steps_per_epoch: int):
+    """Linear warm-up, then cosine decay to zero, per step."""
+    total, warmup = cfg.epochs * steps_per_epoch, cfg.warmup_epochs * steps_per_epoch
+
+    def factor(step):
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+    return factor
+
+
+def regularizes(cfg: TrainConfig, epoch: int, step: int, total_steps: int) -> bool:
+    """Whether global step `step` (0-based, in epoch `epoch`) is a two-pass step: the "zero" GR warm-up
+    and the amortized schedules (every k-th step; with probability p(step), one draw from (seed, step),
+    the same on every rank and after any restart)."""
+    if cfg.gr_warmup == "zero" and epoch < cfg.gr_warmup_epochs:
+        return False
+    if step % cfg.regularize_every:
+        return False
+    p = cfg.regularize_prob * {"constant": 1.0, "increasing": step / total_steps,
+                               "decreasing": 1 - step / total_steps}[cfg.regularize_schedule]
+    return p >= 1 or random.Random(f"{cfg.seed}:{step}").random() < p
+
+
+def seed_everything(seed: int):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """Each rank's own stream after the common initialization (dropout masks differ per rank)."""
+    return int(np.random.SeedSequence([seed, rank, 1]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def data_root(cfg: TrainConfig) -> Path:
+    if cfg.data is None:
+        if cfg.dataset != "digits":
+            raise UserError(f"recipe {cfg.recipe!r} needs --data: the folder that holds train/ and val/")
+        return ensure_digits()
+    return check_layout(cfg.data)
+
+
+def prepare_output(out: str) -> Path:
+    path = Path(out).expanduser().resolve()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=path).close()  # a per-process probe: ranks share the folder
+    except OSError as err:
+        raise UserError(f"output folder {path} is not writable ({err.strerror}); choose another --out") from None
+    return path
+
+
+# ---- per-batch sums: device tensors only (tested on the meta device, which refuses a CPU tensor) ---------
+
+
+def step_sums(loss, logits, targets, grad_norm, skipped) -> torch.Tensor:
+    """[loss·n, wrong, ‖∇L‖ (0 if not finite), 1 if that norm is finite, 1 if skipped] of one step."""
+    finite = torch.isfinite(grad_norm)
+    return torch.stack([
+        loss.detach().double() * targets.numel(), (logits.argmax(1) != targets).sum().double(),
+        torch.where(finite, grad_norm, 0).double(), finite.double(),
+        skipped.double() if skipped is not None else torch.zeros_like(grad_norm, dtype=torch.float64),
+    ])
+
+
+def eval_counts(logits, targets, k: int) -> torch.Tensor:
+    """[top-1 hits, top-k hits] of one validation batch."""
+    hit = logits.topk(k, dim=1).indices == targets[:, None]
+    return torch.stack([hit[:, 0].sum(), hit.any(1).sum()]).double()
+
+
+class Run:
+    """Everything one worker holds for one training run; `train()` below drives it epoch by epoch."""
+
+    def __init__(self, cfg: TrainConfig, device: torch.device | None = None):
+        self.cfg = cfg
+        self.rank, self.world, local_rank = distributed_context()
+        ranks_for(cfg, self.world)
+        self.device = device or resolve_device(cfg, local_rank)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        cuda = self.device.type == "cuda"
+        torch.backends.cudnn.benchmark = cuda
+        seed_everything(cfg.seed)  # the same initial weights on every rank
+        self.train_loader, self.val_loader, num_classes = build_loaders(
+            data_root(cfg), image_size=cfg.image_size, augmentation=cfg.augmentation,
+            batch_size=cfg.batch_size // self.world, workers=cfg.loader_workers, rank=self.rank,
+            world=self.world, seed=cfg.seed, pin_memory=cuda,
+        )
+        self.memory_format = torch.channels_last if cfg.channels_last and cuda else torch.contiguous_format
+        self.model = build_model(cfg.model, num_classes).to(self.device, memory_format=self.memory_format)
+        torch.manual_seed(rank_seed(cfg.seed, self.rank))
+        forward = torch.compile(self.model) if cfg.compile else self.model
+        self.ddp = forward
+        if self.world > 1:
+            self.ddp = DistributedDataParallel(forward, device_ids=[self.device.index] if cuda else None)
+        self.amp_dtype = autocast_dtype(cfg, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.optimizer = GNP(
+            self.ddp.parameters(), torch.optim.SGD, alpha=cfg.alpha, r=cfg.r, variant=cfg.variant,
+            mix=cfg.mix, weight_decay=cfg.weight_decay, weight_decay_mode=cfg.weight_decay_mode,
+            model=self.ddp, sync_perturbation=cfg.sync_perturbation, same_dropout_masks=cfg.same_dropout_masks,
+            clip_grad_norm=cfg.clip_grad_norm, grad_scaler=self.scaler if self.scaler.is_enabled() else None,
+            variant_options=cfg.variant_options, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+        )
+        self.steps_per_epoch = len(self.train_loader)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer.base_optimizer, lr_lambda(cfg, self.steps_per_epoch)
+        )
+        self.epoch, self.rows = 0, []
+
+    # ---- one epoch -------------------------------------------------------------------------------------
+
+    def regularization_ramp(self, step_in_epoch: int):
+        """GR warm-up: r (or α) grows linearly from 0 over the first gr_warmup_epochs."""
+        cfg = self.cfg
+        if cfg.gr_warmup_epochs <= 0 or cfg.gr_warmup == "zero":
+            return
+        ramp = min(1.0, (self.epoch + step_in_epoch / self.steps_per_epoch) / cfg.gr_warmup_epochs)
+        if cfg.gr_warmup == "r":
+            self.optimizer.r = cfg.r * ramp
+        else:
+            self.optimizer.alpha = cfg.alpha * ramp
+
+    def train_one_epoch(self):
+        """Returns the epoch's sums over all ranks (see `step_sums`, then images, steps and two-pass steps)
+        and its seconds."""
+        self.ddp.train()
+        self.train_loader.sampler.set_epoch(self.epoch)
+        sums = torch.zeros(5, dtype=torch.float64, device=self.device)
+        seen = steps = regularized = 0
+        total = self.cfg.epochs * self.steps_per_epoch
+        start = time.perf_counter()
+        for step, (images, targets) in enumerate(self.train_loader):
+            images = normalize(images.to(self.device, non_blocking=True), self.memory_format)
+            targets = targets.to(self.device, non_blocking=True)
+            self.regularization_ramp(step)
+            regularize = regularizes(self.cfg, self.epoch, self.epoch * self.steps_per_epoch + step, total)
+            first = {}
+
+            def closure(create_graph=False, images=images, targets=targets, first=first):
+                with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                    logits = self.ddp(images)
+                    loss = F.cross_entropy(logits, targets, label_smoothing=self.cfg.label_smoothing)
+                first.setdefault("logits", logits.detach())  # train error from the first pass, at θ
+                self.scaler.scale(loss).backward(create_graph=create_graph)
+                return loss
+
+            loss = self.optimizer.step(closure, regularize=regularize)
+            self.scheduler.step()
+            sums += step_sums(loss, first["logits"], targets, self.optimizer.grad_norm, self.optimizer.skipped)
+            seen, steps, regularized = seen + len(targets), steps + 1, regularized + regularize
+            if (step + 1) % DIVERGENCE_CHECK_EVERY == 0 and not math.isfinite(self.all_sum(sums[:1]).item()):
+                break
+        counts = torch.tensor([seen, steps, regularized], dtype=torch.float64, device=self.device)
+        totals = self.all_sum(torch.cat([sums, counts]))
+        return totals.tolist(), time.perf_counter() - start
+
+    @torch.no_grad()
+    def evaluate(self):
+        """Top-1 and top-5 error in percent over every validation image exactly once (ranks summed), with
+        the BatchNorm statistics averaged over the ranks first, so every rank evaluates the checkpoint."""
+        self.average_buffers()
+        self.model.eval()  # the plain module: no DDP collectives, ranks may hold different counts
+        hits = torch.zeros(2, dtype=torch.float64, device=self.device)
+        seen = 0
+        k = min(5, len(self.val_loader.dataset.classes))
+        for images, targets in self.val_loader:
+            images = normalize(images.to(self.device, non_blocking=True), self.memory_format)
+            targets = targets.to(self.device, non_blocking=True)
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                logits = self.model(images)
+            hits += eval_counts(logits, targets, k)
+            seen += len(targets)
+        top1, top5, n = self.all_sum(torch.cat([hits, hits.new_tensor([seen])])).tolist()
+        return 100 * (1 - top1 / n), 100 * (1 - top5 / n), int(n)
+
+    def average_buffers(self):
+        """BatchNorm running statistics: the mean over ranks (as the official code's pmean before eval)."""
+        if self.world == 1:
+            return
+        for buffer in self.model.buffers():
+            if buffer.is_floating_point():
+                dist.all_reduce(buffer)
+                buffer /= self.world
+
+    def all_sum(self, tensor):
+        if self.world > 1:
+            tensor = tensor.clone()
+            dist.all_reduce(tensor)
+        return tensor
+
+    def run_epoch(self) -> dict:
+        (loss_sum, wrong, norm_sum, norm_steps, skipped, seen, steps, regularized), seconds = self.train_one_epoch()
+        train_loss = loss_sum / max(seen, 1)
+        collapsed = self.scaler.is_enabled() and self.scaler.get_scale() < MIN_LOSS_SCALE
+        diverged = not math.isfinite(train_loss) or collapsed
+        top1, top5, n_val = (float("nan"), float("nan"), 0) if diverged else self.evaluate()
+        self.epoch += 1
+        cfg = self.cfg
+        return dict(
+            epoch=self.epoch, epochs=cfg.epochs, variant=cfg.variant, alpha=cfg.alpha, r=cfg.r, seed=cfg.seed,
+            train_loss=train_loss, train_err=100 * wrong / max(seen, 1), test_top1_err=top1, test_top5_err=top5,
+            val_images=n_val, grad_norm=norm_sum / norm_steps if norm_steps else float("nan"),
+            skipped_steps=int(skipped), regularized_steps=int(regularized), lr=self.scheduler.get_last_lr()[0],
+            images_per_s=seen / seconds, wall_s=seconds, workers=self.world, device=device_name(self.device),
+            status="diverged" if diverged else "ok",
+        )
+
+    # ---- checkpoints -----------------------------------------------------------------------------------
+
+    def state(self) -> dict:
+        rng = checkpoint.rng_state(self.device)
+        rngs = [None] * self.world
+        if self.world > 1:
+            dist.all_gather_object(rngs, rng)  # every rank's own generators, so resume is exact everywhere
+        else:
+            rngs = [rng]
+        return dict(
+            model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(), epoch=self.epoch,
+            rng=rngs, rows=self.rows, config=dataclasses.asdict(self.cfg),
+        )
+
+    def load_state(self, state: dict):
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.rows = state["epoch"], list(state["rows"])
+        if len(state["rng"]) == self.world:
+            checkpoint.set_rng_state(state["rng"][self.rank], self.device)
+        else:  # resumed on another number of workers: deterministic, if not the same stream
+            seed_everything(rank_seed(self.cfg.seed * 1000 + self.epoch, self.rank))
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def train(cfg: TrainConfig, *, resume: dict | None = None, report: Report | None = None,
+          device: torch.device | None = None) -> list[dict]:
+    """Train one run on this worker; returns the metrics rows of every epoch (resumed ones included).
+
+    `resume` is a loaded checkpoint (see gnp.checkpoint.load). Rank 0 writes <out>/checkpoint.pt and
+    <out>/rows.json (every row so far, readable without torch) after every epoch, then every rank calls
+    `report(row, folder or None)`.
+    """
+    out = prepare_output(cfg.out)
+    run = Run(cfg, device)
+    if resume is not None:
+        run.load_state(resume)
+    report = report or (lambda row, folder: None)
+    while run.epoch < cfg.epochs and not (run.rows and run.rows[-1]["status"] == "diverged"):
+        row = run.run_epoch()
+        run.rows.append(row)
+        state = run.state()
+        if run.rank == 0:
+            checkpoint.save(state, out / checkpoint.FILENAME)
+            checkpoint.save_rows(run.rows, out / checkpoint.ROWS_FILENAME)
+        report(row, str(out) if run.rank == 0 else None)
+    return run.rows
