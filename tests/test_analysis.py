@@ -37,6 +37,7 @@ def trial_rows(
     wall_s=10.0,
     workers=2,
     images_per_s=100.0,
+    trial_wall_s=None,
     **block,
 ):
     """One trial's rows, epoch by epoch: `top1`/`top5` list the test errors, `status` the last row's."""
@@ -71,6 +72,7 @@ def trial_rows(
                 device="cpu",
                 status="ok",
                 code_version="test",
+                trial_wall_s=trial_wall_s,
             )
         )
     if status:
@@ -192,6 +194,20 @@ def test_a_missing_folder_or_an_empty_one_is_one_line(tmp_path):
     (tmp_path / "bad.parquet").write_bytes(b"junk")
     with pytest.warns(UserWarning), pytest.raises(AnalysisError, match="all 1 trial files .* skipped"):
         load_results(tmp_path, on_bad="skip")
+
+
+def test_files_without_trial_wall_s_still_load(tmp_path):
+    old = pa.schema([f for f in RESULT_SCHEMA if f.name != "trial_wall_s"])
+    rows = trial_rows(alpha=0, r=0, seed=0, top1=[3.0, 2.0])
+    pq.write_table(pa.Table.from_pylist(rows, schema=old), tmp_path / "old.parquet")
+    df = load_results(tmp_path)
+    assert list(df.columns) == RESULT_SCHEMA.names and df["trial_wall_s"].isna().all()
+    wrong = pa.Table.from_pylist(rows, schema=RESULT_SCHEMA).set_column(
+        len(RESULT_SCHEMA) - 1, "trial_wall_s", pa.array(["50"] * len(rows))
+    )
+    pq.write_table(wrong, tmp_path / "wrong.parquet")
+    with pytest.raises(AnalysisError, match=r"wrong\.parquet.*trial_wall_s is string, not double"):
+        load_results(tmp_path)
 
 
 def test_a_uri_is_read_through_pyarrow_filesystems(grid):
