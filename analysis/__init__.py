@@ -5,8 +5,10 @@ From a notebook or a script (the command line is `python -m analysis --help`):
     df = analysis.load_results("results/digits-grid")  # every trial's rows, one DataFrame
     print(analysis.format_table(df))  # Standard / SAM / GNP per model, Markdown
     analysis.summarize(df)  # mean, std and n for every (variant, α, r)
+    analysis.compare(df, "GNP", "SAM")  # GNP − SAM per model over the seeds both have: interval, p-value
 """
 
+from analysis.comparison import compare
 from analysis.errors import AnalysisError
 from analysis.figures import make_figures
 from analysis.load import load_results
@@ -15,6 +17,7 @@ from analysis.tables import format_table
 
 __all__ = [
     "AnalysisError",
+    "compare",
     "format_table",
     "load_results",
     "make_figures",
