@@ -3,13 +3,15 @@ distribution has a closed form), the paired bootstrap against an independent re-
 same seed, n too small said plainly, the side specs, the table's versus column and `python -m analysis
 compare`."""
 
+import io
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 from test_analysis import grid, trial_rows, write  # noqa: F401  (grid: the 3-seed fixture)
 
-from analysis import AnalysisError, compare, load_results
+from analysis import AnalysisError, compare, format_comparison, format_table, load_results
 from analysis.comparison import BOOTSTRAP_MIN_N, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
 
 
@@ -66,6 +68,10 @@ def test_the_default_pick_is_the_final_epoch(tmp_path):
     df = cells(tmp_path, {STANDARD: {0: 11.0, 1: 12.0, 2: 12.0}}, pick_gap=0.0)
     final, best = compare(df, "GNP", "Standard").iloc[0], compare(df, "GNP", "Standard", pick="best").iloc[0]
     assert final["diff"] == pytest.approx(7 / 3) and best["diff"] == pytest.approx(-2 / 3)
+    out = format_comparison(compare(df, "GNP", "Standard"))
+    assert "scored at its last epoch (--pick final)" in out and "chosen on the same validation" not in out
+    best_text = format_comparison(compare(df, "GNP", "Standard", pick="best"))
+    assert "That epoch is chosen on the same validation set" in best_text and "(--pick best)" in best_text
 
 
 def test_welch_where_the_seeds_are_not_paired(tmp_path):
@@ -80,6 +86,7 @@ def test_welch_where_the_seeds_are_not_paired(tmp_path):
     assert (row["test"], row["n"], row["a_n"], row["b_n"]) == ("Welch", 0, 2, 2)
     assert (row["diff"], row["ci_low"], row["ci_high"]) == pytest.approx((diff, diff - half, diff + half))
     assert row["p"] == pytest.approx(t2_two_sided_p(diff / se))
+    assert "| 2 + 2 unpaired |" in format_comparison(compare(df, "GNP", "Standard"))
 
 
 def test_n_too_small_is_said_plainly(tmp_path):
@@ -87,6 +94,8 @@ def test_n_too_small_is_said_plainly(tmp_path):
     row = compare(df, "GNP", "Standard").iloc[0]
     assert row["test"] is None and row["n"] == 1 and math.isnan(row["ci_low"]) and math.isnan(row["p"])
     assert row["conclusion"].startswith("n too small to conclude anything (1 common seed(s)")
+    table = format_table(df, versus="Standard")
+    assert "| n too small |" in table
 
 
 def test_the_paired_bootstrap_is_reproducible_and_matches_a_reimplementation(tmp_path):
@@ -122,6 +131,8 @@ def test_sides_name_schemes_or_cells(grid):  # noqa: F811
     named = compare(df, "gnp:alpha=0.3,r=0.05", {"scheme": "SAM", "r": 0.05}, pick="best").iloc[0]
     assert (named["a_alpha"], named["a_r"], named["b_r"], named["a_cells"]) == (0.3, 0.05, 0.05, 1)
     assert named["diff"] == pytest.approx(26 - 22) and named["a"] == "GNP:alpha=0.3,r=0.05"
+    out = format_comparison(compare(df, "GNP", "SAM:r=0.05"))
+    assert "GNP: the cell with the lowest mean top-1 on these same data (optimistic)" in out
     for spec, message in (
         ("XYZ", r"no scheme 'XYZ' .* they hold: Standard, GNP, SAM"),
         ("gnp:alpha=0.3,q=1", "unknown key 'q'"),
@@ -136,3 +147,18 @@ def test_sides_name_schemes_or_cells(grid):  # noqa: F811
         compare(df, "SAM:r=0.1", "sam:alpha=1,r=0.1")
     with pytest.raises(AnalysisError, match="metric"):
         compare(df, "GNP", "SAM", metric="top3")
+
+
+def test_the_scheme_table_marks_intervals_that_exclude_zero(grid):  # noqa: F811
+    df = load_results(grid)
+    lines = format_table(df, versus="Standard").splitlines()
+    assert lines[0].endswith("| Δ top-1 vs Standard |")
+    # GNP α 0.8: 17, 18, 19 against 20, 22, 24: d = −3, −4, −5, sd 1, half-width t(0.975, 2) / sqrt(3)
+    half = t2_quantile(0.975) / math.sqrt(3)
+    assert lines[3].endswith(f"| {-4:+.2f} [{-4 - half:+.2f}, {-4 + half:+.2f}]‡ |")
+    assert lines[2].endswith("| – |")  # Standard itself
+    assert lines[4].endswith(f"| {-2:+.2f} [{-2 - half:+.2f}, {-2 + half:+.2f}] |")  # SAM: includes 0
+    csv = pd.read_csv(io.StringIO(format_table(df, fmt="csv", versus="Standard")))
+    assert csv.loc[csv["scheme"] == "GNP", "versus_diff"].item() == -4.0
+    with pytest.raises(AnalysisError, match="versus"):
+        format_table(df, kind="cells", versus="Standard")

@@ -3,6 +3,9 @@ notes that say what was chosen on the reported data, the per-seed export, the gr
 time (and old files without that column), and figures: every registry variant, 95% intervals, the (α, r)
 heatmap, one colour per scheme that reads on white, integer epochs and titles that say model, pick and n."""
 
+import io
+
+import pandas as pd
 from test_analysis import BLOCK, grid, trial_rows, write  # noqa: F401  (grid: the 3-seed fixture)
 
 from analysis import (
@@ -46,3 +49,55 @@ def test_top5_is_taken_at_the_epoch_of_the_best_top1(tmp_path):
     assert (best["scored_epoch"], best["test_top1_err"], best["test_top5_err"]) == (2, 10, 5)
     final = trial_scores(load_results(tmp_path), pick="final").iloc[0]
     assert (final["scored_epoch"], final["test_top1_err"], final["test_top5_err"]) == (4, 10, 4)
+
+
+def test_every_table_says_what_was_chosen_on_the_reported_data(grid):  # noqa: F811
+    df = load_results(grid)
+    schemes = format_table(df)
+    assert "One chosen cell per scheme and model" in schemes and "--kind cells" in schemes
+    assert "top-5 at that same epoch" in schemes
+    assert "Chosen on the same validation set these errors are measured on" in schemes
+    assert "each trial's epoch (--pick final takes the last) and each scheme's α and r" in schemes
+    final = format_table(df, pick="final")
+    assert "each trial's epoch" not in final and "each scheme's α and r" in final
+    assert "Chosen on" in format_table(df, kind="datasets", pick="final")
+    assert "Chosen on" in format_table(df, kind="cells") and "Chosen on" not in format_table(
+        df, kind="cells", pick="final"
+    )
+    comments = [line for line in format_table(df, fmt="latex").splitlines() if line.startswith("% ")]
+    assert any("Chosen on the same validation set" in line for line in comments)
+
+
+# ---- the per-seed export ------------------------------------------------------------------------------------
+
+
+def test_the_trials_table_has_every_seed_in_md_latex_and_csv(grid):  # noqa: F811
+    df = load_results(grid)
+    md = format_table(df, kind="trials")
+    rows = [line for line in md.splitlines() if line.startswith("| smallcnn") or line.startswith("|  |")]
+    assert len(rows) == 20 and md.splitlines()[0].startswith(
+        "| Model | Data | Variant | α | r | Seed | Status |"
+    )
+    assert rows[0] == "| smallcnn | digits (crop) | standard | 0 | 0 | 0 | ok | 2 | 20.00 | 5.00 | 0.0167 |"
+    assert "|  |  | gnp | 0.5 | 0.1 | 1 | diverged |" in md
+    csv = pd.read_csv(io.StringIO(format_table(df, kind="trials", fmt="csv")))
+    assert len(csv) == 20 and {"seed", "status", "scored_epoch", "test_top1_err"} <= set(csv.columns)
+    assert csv.loc[(csv["alpha"] == 0.8) & (csv["seed"] == 2), "test_top5_err"].item() == 3
+    tex = format_table(df, kind="trials", fmt="latex")
+    assert sum(line.endswith(r"\\") for line in tex.splitlines()) == 1 + 20
+
+
+# ---- cost ---------------------------------------------------------------------------------------------------
+
+
+def test_the_grid_cost_and_the_wall_time_ray_added(tmp_path):
+    for seed in range(2):  # 3 epochs × 10 s each; the trial took 50 s: Ray added 20 s
+        write(
+            tmp_path, trial_rows(alpha=0, r=0, seed=seed, top1=[3, 2, 1], trial_wall_s=50.0, seeds_planned=2)
+        )
+    write(tmp_path, trial_rows(alpha=1, r=0.05, seed=0, top1=[3, 2], trial_wall_s=None, seeds_planned=2))
+    text = format_table(load_results(tmp_path))
+    assert "Device-h/trial: a trial's epochs' wall time × workers, mean over the ok seeds." in text
+    total = (2 * 3 + 2) * 10 * 2 / 3600
+    assert f"The grid: 3 trials, {total:.3g} device-hours in all" in text
+    assert "Ray added 40 s of wall time beyond the epochs (the 2 trials that record it)." in text
