@@ -395,6 +395,8 @@ def test_figures_are_written_as_png_and_pdf(grid, tmp_path):
         "alpha-digits-smallcnn-crop.png",
         "epochs-digits-smallcnn-crop.pdf",
         "epochs-digits-smallcnn-crop.png",
+        "heatmap-digits-smallcnn-crop.pdf",
+        "heatmap-digits-smallcnn-crop.png",
     ]
     for path in paths:
         head = path.read_bytes()[:8]
@@ -457,7 +459,7 @@ def test_table_prints_markdown_latex_and_csv(results, capsys):
 def test_figures_writes_and_lists_the_files(results, tmp_path, capsys):
     assert main(["figures", str(results), "--out", str(tmp_path / "fig")]) == 0
     paths = [Path(line) for line in capsys.readouterr().out.splitlines()]
-    assert len(paths) == 4 and all(p.parent == tmp_path / "fig" and p.stat().st_size > 0 for p in paths)
+    assert len(paths) == 6 and all(p.parent == tmp_path / "fig" and p.stat().st_size > 0 for p in paths)
 
 
 def test_a_bad_file_is_one_line_and_exit_2_or_skipped(results, capsys):

@@ -4,16 +4,26 @@ time (and old files without that column), and figures: every registry variant, 9
 heatmap, one colour per scheme that reads on white, integer epochs and titles that say model, pick and n."""
 
 import io
+import math
 
+import numpy as np
 import pandas as pd
+import pytest
+from matplotlib.colors import to_rgb
 from test_analysis import BLOCK, grid, trial_rows, write  # noqa: F401  (grid: the 3-seed fixture)
 
 from analysis import (
     format_table,
     load_results,
+    make_figures,
     scheme_of,
+    summarize,
     trial_scores,
 )
+from analysis.__main__ import main
+from analysis.figures import FAMILY, alpha_figure, epoch_figure
+from analysis.heatmap import heatmap_figure
+from analysis.style import COLORS, block_title
 from analysis.summary import SCHEMES
 from gnp import variants
 
@@ -24,6 +34,7 @@ T2 = 4.302652729911275  # Student's t, 0.975 quantile, 2 degrees of freedom
 
 def test_schemes_and_the_alpha_figure_come_from_the_registry():
     assert SCHEMES == tuple(v.label for v in variants.REGISTRY.values())
+    assert FAMILY == tuple(name for name, v in variants.REGISTRY.items() if v.in_alpha_figure)
     for name, alpha in (("gnp", 0.3), ("gnp", 1.0), ("gnp", 1.5), ("fgr", 0.0), ("asam", 0.5), ("foo", 0.5)):
         assert scheme_of(name, alpha) == variants.scheme_label(name, alpha)
     assert (scheme_of("asam", 0.5), scheme_of("foo", 0.5), scheme_of("gnp", 1.5)) == ("ASAM", "foo", None)
@@ -101,3 +112,110 @@ def test_the_grid_cost_and_the_wall_time_ray_added(tmp_path):
     total = (2 * 3 + 2) * 10 * 2 / 3600
     assert f"The grid: 3 trials, {total:.3g} device-hours in all" in text
     assert "Ray added 40 s of wall time beyond the epochs (the 2 trials that record it)." in text
+
+
+# ---- figures ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def study(tmp_path):
+    """3 seeds × standard, GNP α {0.5} × r {0.05, 0.1}, SAM at both r, F-GR α 0.5 r 0.05 and DB α 0.5."""
+    values = {
+        ("standard", 0.0, 0.0): [20, 22, 24],
+        ("gnp", 0.5, 0.05): [17, 18, 19],
+        ("gnp", 0.5, 0.1): [16, 18, 20],
+        ("sam", 1.0, 0.05): [19, 20, 21],
+        ("sam", 1.0, 0.1): [18, 20, 22],
+        ("fgr", 0.5, 0.05): [18, 19, 20],
+        ("db", 0.5, 0.05): [10, 10, 10],
+    }
+    for (variant, alpha, r), bests in values.items():
+        for seed, best in enumerate(bests):
+            write(
+                tmp_path,
+                trial_rows(alpha=alpha, r=r, seed=seed, top1=[best + 5, best + 1, best], variant=variant),
+            )
+    return summarize(load_results(tmp_path)), load_results(tmp_path), tmp_path
+
+
+def test_the_alpha_figure_draws_every_registry_variant_with_95_intervals(study):
+    summary, _, _ = study
+    figure = alpha_figure(summary[summary["variant"].isin(FAMILY)], "title", "best")
+    ax = figure.axes[0]
+    labels = ax.get_legend_handles_labels()[1]
+    assert {"GNP, r = 0.05", "GNP, r = 0.1", "FGR, r = 0.05", "Standard (α = 0)", "SAM (α = 1)"} == set(
+        labels
+    )
+    assert not any("DB" in label for label in labels)  # in_alpha_figure=False
+    bars = {c.get_label(): c for c in ax.containers}
+    fgr, gnp = bars["FGR, r = 0.05"], bars["GNP, r = 0.05"]
+    assert to_rgb(fgr.lines[0].get_color()) == to_rgb(COLORS["FGR"]) != to_rgb(COLORS["GNP"])
+    assert to_rgb(gnp.lines[0].get_color()) == to_rgb(COLORS["GNP"])
+    # the standard point (std 2, n 3) carries a 95% t interval, not ± std
+    standard = min(gnp.lines[2][0].get_segments(), key=lambda segment: segment[0, 0])  # α = 0
+    assert (standard[1, 1] - standard[0, 1]) / 2 == pytest.approx(T2 * 2 / math.sqrt(3))
+    assert "bars: 95% t-interval of the mean over seeds" in figure.get_suptitle()
+
+
+def test_the_heatmap_shows_the_alpha_r_grid_with_standard_and_sam(study):
+    summary, _, _ = study
+    cells = summary[summary["variant"].isin(FAMILY)]
+    figure = heatmap_figure(cells, "title")
+    gnp, fgr = figure.axes[0], figure.axes[1]
+    assert (gnp.get_title(), fgr.get_title()) == ("GNP", "FGR")
+    # rows r 0.05, 0.1; columns α 0 (standard fills the column), 0.5, 1 (SAM)
+    expected = np.array([[22, 18, 20], [22, 18, 20]], dtype=float)
+    assert np.array_equal(gnp.images[0].get_array().filled(np.nan), expected)
+    assert [t.get_text() for t in gnp.get_xticklabels()] == ["0\nStandard", "0.5", "1\nSAM"]
+    assert "18.00" in [t.get_text() for t in gnp.texts]
+    assert np.array_equal(fgr.images[0].get_array().filled(np.nan), [[22.0, 19.0]])
+    assert [t.get_text() for t in fgr.get_xticklabels()] == ["0\nStandard", "0.5"]
+
+
+def test_every_scheme_colour_reads_on_white():
+    def luminance(color):
+        channel = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in to_rgb(color)]
+        return 0.2126 * channel[0] + 0.7152 * channel[1] + 0.0722 * channel[2]
+
+    assert set(SCHEMES) <= set(COLORS) and len(set(COLORS.values())) == len(COLORS)
+    for label, color in COLORS.items():
+        assert 1.05 / (luminance(color) + 0.05) >= 4.5, label  # WCAG contrast against white
+
+
+def test_epoch_figure_has_integer_ticks_and_scheme_colours(study):
+    _, df, _ = study
+    figure = epoch_figure(df[df["variant"].isin(FAMILY)], "title")
+    figure.canvas.draw()
+    for ax in figure.axes[:2]:
+        assert all(float(t).is_integer() for t in ax.get_xticks())
+    lines = {line.get_label(): line for line in figure.axes[1].get_lines()}
+    assert to_rgb(lines["SAM α = 1, r = 0.05"].get_color()) == to_rgb(COLORS["SAM"])
+    assert to_rgb(lines["FGR α = 0.5, r = 0.05"].get_color()) == to_rgb(COLORS["FGR"])
+
+
+def test_titles_say_model_data_pick_and_n(study, tmp_path):
+    _, df, _ = study
+    block = tuple(BLOCK[k] for k in ("recipe", "model", "dataset", "augmentation"))
+    assert block_title(block, "final", pd.Series([3, 3])) == (
+        "smallcnn on digits (crop), recipe digits · final epoch per trial · n = 3 seeds"
+    )
+    assert block_title(block, "best", pd.Series([1, 3])).endswith(
+        "best epoch (lowest top-1) per trial · n = 1–3 seeds per point"
+    )
+    paths = make_figures(df, tmp_path / "fig", pick="final")
+    assert sorted({p.name.split("-")[0] for p in paths}) == ["alpha", "epochs", "heatmap"]
+
+
+def test_the_figures_command_takes_pick(study, tmp_path, capsys):
+    _, _, folder = study
+    assert main(["figures", str(folder), "--out", str(tmp_path / "fig"), "--pick", "final"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 6
+
+
+def test_the_heatmap_puts_standard_under_alpha_0_when_alpha_goes_below(tmp_path):
+    for variant, alpha, r, best in (("standard", 0, 0, 22), ("gnp", -0.5, 0.05, 30), ("gnp", 0.5, 0.05, 18)):
+        write(tmp_path, trial_rows(alpha=alpha, r=r, seed=0, top1=[best + 1, best], variant=variant))
+    figure = heatmap_figure(summarize(load_results(tmp_path)), "title")
+    ax = figure.axes[0]
+    assert np.array_equal(ax.images[0].get_array().filled(np.nan), [[30.0, 22.0, 18.0]])
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["-0.5", "0\nStandard", "0.5"]
