@@ -494,9 +494,12 @@ def test_bad_folders_exit_2_with_one_line_and_no_traceback(tmp_path, case):
 
 
 def test_help_for_each_command(capsys):
-    for argv in (["--help"], ["table", "--help"], ["figures", "--help"]):
+    for argv in (["--help"], ["table", "--help"], ["compare", "--help"], ["figures", "--help"]):
         with pytest.raises(SystemExit) as done:
             main(argv)
         assert done.value.code == 0
     out = capsys.readouterr().out
     assert "--format {md,latex,csv}" in out and "--pick {best,final}" in out and "--out OUT" in out
+    assert out.count("--pick {best,final}") >= 3  # every command
+    assert "(default: final)" in out  # compare scores the last epoch unless told otherwise
+    assert "gnp:alpha=0.3,r=0.05" in out and "trials: every seed" in out

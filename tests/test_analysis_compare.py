@@ -12,6 +12,7 @@ import pytest
 from test_analysis import grid, trial_rows, write  # noqa: F401  (grid: the 3-seed fixture)
 
 from analysis import AnalysisError, compare, format_comparison, format_table, load_results
+from analysis.__main__ import main
 from analysis.comparison import BOOTSTRAP_MIN_N, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
 
 
@@ -89,11 +90,15 @@ def test_welch_where_the_seeds_are_not_paired(tmp_path):
     assert "| 2 + 2 unpaired |" in format_comparison(compare(df, "GNP", "Standard"))
 
 
-def test_n_too_small_is_said_plainly(tmp_path):
+def test_n_too_small_is_said_plainly(tmp_path, capsys):
     df = cells(tmp_path, {GNP: {0: 10.0}, STANDARD: {0: 12.0, 1: 13.0}})
     row = compare(df, "GNP", "Standard").iloc[0]
     assert row["test"] is None and row["n"] == 1 and math.isnan(row["ci_low"]) and math.isnan(row["p"])
     assert row["conclusion"].startswith("n too small to conclude anything (1 common seed(s)")
+    assert main(["compare", str(tmp_path), "GNP", "Standard"]) == 0
+    out = capsys.readouterr().out
+    assert "| 1 common (1 + 2 ok) |" in out and "n too small to conclude anything" in out
+    assert "nan" not in out.lower()
     table = format_table(df, versus="Standard")
     assert "| n too small |" in table
 
@@ -162,3 +167,27 @@ def test_the_scheme_table_marks_intervals_that_exclude_zero(grid):  # noqa: F811
     assert csv.loc[csv["scheme"] == "GNP", "versus_diff"].item() == -4.0
     with pytest.raises(AnalysisError, match="versus"):
         format_table(df, kind="cells", versus="Standard")
+
+
+def test_compare_on_the_command_line(grid, capsys):  # noqa: F811
+    assert main(["compare", str(grid)]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| smallcnn") or line.startswith("|  |")]
+    assert len(rows) == 3 and "(--pick final)" in out
+    assert rows[0].split(" | ")[2:4] == ["GNP (α 0.8, r 0.05)", "Standard (α 0, r 0)"]
+    assert main(["compare", str(grid), "gnp:alpha=0.3,r=0.05", "Standard", "--format", "csv"]) == 0
+    frame = pd.read_csv(io.StringIO(capsys.readouterr().out))
+    assert frame["diff"].tolist() == [4.0] and frame["test"].tolist() == ["paired t"]
+    assert main(["compare", str(grid), "--format", "latex"]) == 0
+    assert capsys.readouterr().out.startswith("% needs \\usepackage{booktabs}")
+    for argv, message in (
+        (["compare", str(grid), "Nope", "SAM"], "no scheme 'Nope'"),
+        (["compare", str(grid), "GNP"], "two sides"),
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err and "Traceback" not in err
+    with pytest.raises(SystemExit) as done:
+        main(["compare", str(grid), "--pick", "median"])
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and err.count("\n") == 1 and "invalid choice: 'median'" in err
