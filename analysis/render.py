@@ -80,6 +80,8 @@ _LATEX = {
     "}": r"\}",
     "~": r"\textasciitilde{}",
     "^": r"\textasciicircum{}",
+    "<": r"$<$",  # text-mode < and > print as ¡ and ¿ in LaTeX's default font encoding
+    ">": r"$>$",
     "±": r"$\pm$",
     "α": r"$\alpha$",
     "Δ": r"$\Delta$",

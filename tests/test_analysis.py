@@ -339,12 +339,12 @@ def strip_escapes(tex: str) -> str:
 
 
 def test_latex_is_a_balanced_escaped_booktabs_tabular(grid):
-    write(grid, trial_rows(alpha=0, r=0, seed=0, top1=[12.0], model="wrn_28&10%", augmentation="cut#out"))
+    write(grid, trial_rows(alpha=0, r=0, seed=0, top1=[12.0], model="wrn_28&10%", augmentation="cut#out<2>"))
     tex = format_table(load_results(grid), fmt="latex")
     body = [line for line in tex.splitlines() if not line.startswith("%")]
     assert body[0] == r"\begin{tabular}{lllrrrrrrrrr}" and body[-1] == r"\end{tabular}"
     assert body[1] == r"\toprule" and body.count(r"\midrule") == 2 and body[-2] == r"\bottomrule"
-    assert r"wrn\_28\&10\%" in tex and r"cut\#out" in tex and r"\textbf{18.00 $\pm$ 1.00}" in tex
+    assert r"wrn\_28\&10\%" in tex and r"cut\#out$<$2$>$" in tex and r"\textbf{18.00 $\pm$ 1.00}" in tex
     text = strip_escapes("\n".join(body))
     assert text.count("{") == text.count("}") and text.count("$") % 2 == 0
     assert not re.search(r"[_%#]", text)
