@@ -1,7 +1,7 @@
 """analysis reports: schemes from the variant registry (unknown variants kept), one scoring epoch per trial,
 notes that say what was chosen on the reported data, the per-seed export, the grid's cost with Ray's wall
-time (and old files without that column), and figures: every registry variant, 95% intervals, the (α, r)
-heatmap, one colour per scheme that reads on white, integer epochs and titles that say model, pick and n."""
+time, and figures: every registry variant, 95% intervals, the (α, r) heatmap, one colour per scheme that
+reads on white, integer epochs and titles that say model, pick and n."""
 
 import io
 import math
