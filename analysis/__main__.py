@@ -1,91 +1,158 @@
-"""The paper's tables and figures from a results folder (local, or a pyarrow URI such as s3://).
+"""The paper's tables, comparisons and figures from a results folder (local, or a pyarrow URI such as s3://).
 
-    python -m analysis table results/digits-grid                          # Table 4 layout, Markdown
-    python -m analysis table results/digits-grid --format latex --pick final
-    python -m analysis table results/digits-grid --kind cells --format csv > cells.csv
+    python -m analysis table results/digits-grid                          # one chosen cell per scheme
+    python -m analysis table results/digits-grid --kind cells             # every variant, α and r
+    python -m analysis table results/digits-grid --format latex --pick final --versus Standard
+    python -m analysis table results/digits-grid --kind trials --format csv > trials.csv
+    python -m analysis compare results/digits-grid                        # GNP − Standard, GNP − SAM, ...
+    python -m analysis compare results/digits-grid gnp:alpha=0.3,r=0.05 SAM
     python -m analysis figures results/digits-grid --out figures/
 
-Bad input (no such folder, no trial files, a corrupt or foreign file) prints one line and exits 2.
+A user mistake (no such folder, no trial files, a corrupt or foreign file, an unknown scheme or option)
+prints one line and exits 2.
 """
 
 import argparse
 import sys
 import warnings
 
+import pandas as pd
+
+from analysis.comparison import BOOTSTRAP_MIN_N, SPEC_HELP, compare, default_pairs
 from analysis.errors import AnalysisError
 from analysis.figures import make_figures
 from analysis.load import load_results
-from analysis.summary import PICKS
-from analysis.tables import FORMATS, KINDS, format_table
+from analysis.summary import PICKS, summarize, with_schemes
+from analysis.tables import FORMATS, KINDS, format_comparison, format_table
 
 
-def build_parser() -> argparse.ArgumentParser:
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes as one line and exit 2, like every other bad input."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def _common(pick: str) -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("results", help="results folder or URI holding the trials' *.parquet files")
     common.add_argument(
         "--pick",
         choices=PICKS,
-        default="best",
-        help="score each trial at its best epoch (default, as the paper) or its final epoch",
+        default=pick,
+        help=f"score each trial at its best epoch (lowest top-1, chosen on the reported validation set) or "
+        f"at its final epoch (default: {pick})",
     )
     common.add_argument(
         "--skip-bad",
         action="store_true",
         help="leave out corrupt or foreign .parquet files with a warning instead of stopping",
     )
-    p = argparse.ArgumentParser(
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
         prog="python -m analysis", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = p.add_subparsers(dest="command", required=True)
     table = sub.add_parser(
         "table",
-        parents=[common],
+        parents=[_common("best")],
         help="print a table",
         description="Print mean ± std test errors over seeds, with the chosen α and r.",
     )
     table.add_argument(
-        "--format", choices=FORMATS, default="md", help="md (default), latex (a tabular) or csv"
+        "--format", choices=FORMATS, default="md", help="md (default), latex (a booktabs tabular) or csv"
     )
     table.add_argument(
         "--kind",
         choices=KINDS,
         default="schemes",
-        help="schemes: Standard/SAM/GNP per model (paper Table 4, default); datasets: top-1 per "
-        "dataset × augmentation (Table 1); cells: every variant, α and r",
+        help="schemes: one chosen cell per scheme and model (paper Table 4, default); datasets: top-1 per "
+        "dataset × augmentation (Table 1); cells: every variant, α and r; trials: every seed",
     )
+    table.add_argument(
+        "--versus",
+        metavar="SIDE",
+        help=f"schemes table: add each row's top-1 difference from SIDE with its 95%% interval ({SPEC_HELP})",
+    )
+    comparison = sub.add_parser(
+        "compare",
+        parents=[_common("final")],
+        help="test whether one scheme's error is lower than another's",
+        description="A − B in test error per model over the seeds both have: mean difference, 95% interval "
+        f"(paired t; Welch's t for unpaired seeds; a paired bootstrap from {BOOTSTRAP_MIN_N} seeds on), "
+        "p-value. Without A and B: GNP − Standard, GNP − SAM and SAM − Standard.",
+    )
+    comparison.add_argument("a", nargs="?", metavar="A", help=SPEC_HELP)
+    comparison.add_argument("b", nargs="?", metavar="B", help="the other side, written as A")
+    comparison.add_argument(
+        "--metric", choices=("top1", "top5"), default="top1", help="top1 (default) or top5"
+    )
+    comparison.add_argument("--format", choices=FORMATS, default="md", help="md (default), latex or csv")
     figures = sub.add_parser(
         "figures",
-        parents=[common],
+        parents=[_common("best")],
         help="write the figures as PNG and PDF",
-        description="Write error vs α (paper Figure 2) and ‖g1‖ / error per epoch "
-        "(Figure 3) for each model, as PNG and PDF.",
+        description="Write error vs α with 95% intervals (paper Figure 2), the (α, r) heatmap of mean "
+        "error, and ‖g1‖ / error per epoch (Figure 3) for each model, as PNG and PDF.",
     )
     figures.add_argument("--out", required=True, help="folder for the figure files (created if missing)")
     return p
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            try:
-                df = load_results(args.results, on_bad="skip" if args.skip_bad else "error")
-            finally:
-                for warning in caught:
-                    print(f"warning: {warning.message}", file=sys.stderr)
+        if args.command == "compare" and (args.a is None) != (args.b is None):
+            raise AnalysisError("compare takes two sides, A and B, or none (GNP − Standard, GNP − SAM, ...)")
+        df = _load(args)
         if args.command == "table":
-            print(format_table(df, fmt=args.format, pick=args.pick, kind=args.kind), end="")
-            return 0
-        try:
-            paths = make_figures(df, args.out, pick=args.pick)
-        except OSError as err:
-            raise AnalysisError(f"cannot write figures to {args.out} ({err}); choose another --out") from None
-        print("\n".join(map(str, paths)))
+            print(
+                format_table(df, fmt=args.format, pick=args.pick, kind=args.kind, versus=args.versus), end=""
+            )
+        elif args.command == "compare":
+            print(format_comparison(_comparisons(df, args), fmt=args.format), end="")
+        else:
+            try:
+                paths = make_figures(df, args.out, pick=args.pick)
+            except OSError as err:
+                raise AnalysisError(
+                    f"cannot write figures to {args.out} ({err}); choose another --out"
+                ) from None
+            print("\n".join(map(str, paths)))
         return 0
     except AnalysisError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+
+
+def _load(args):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            return load_results(args.results, on_bad="skip" if args.skip_bad else "error")
+        finally:
+            for warning in caught:
+                print(f"warning: {warning.message}", file=sys.stderr)
+
+
+def _comparisons(df: pd.DataFrame, args) -> pd.DataFrame:
+    if args.a is not None:
+        return compare(df, args.a, args.b, pick=args.pick, metric=args.metric)
+    found = []
+    for a, b in default_pairs(set(with_schemes(summarize(df, args.pick))["scheme"])):
+        try:
+            found.append(compare(df, a, b, pick=args.pick, metric=args.metric))
+        except AnalysisError:  # the two schemes are in different model blocks
+            continue
+    if not found:
+        raise AnalysisError(
+            "no model holds two of Standard, SAM and GNP; name the sides: compare RESULTS A B"
+        )
+    return pd.concat(found, ignore_index=True)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 A file that is not a result file (corrupt, another schema, unknown status) is never merged: it stops the
 load with its name, or is left out with a warning when the caller asks to skip bad files. Paths whose
 folder or file name starts with "_" or "." are not trial files (the grid's `_ray/` storage and
-`_grid.json`, temporary files) and are not read.
+`_grid.json`, temporary files) and are not read. A file written before an optional column existed
+(analysis.schema.OPTIONAL) loads with nulls in it; any other difference from the schema is a bad file.
 """
 
 import warnings
@@ -16,7 +17,7 @@ import pyarrow.parquet as pq
 from pyarrow import fs as pafs
 
 from analysis.errors import AnalysisError
-from analysis.schema import RESULT_SCHEMA, STATUSES
+from analysis.schema import OPTIONAL, RESULT_SCHEMA, STATUSES
 
 ON_BAD = ("error", "skip")
 _FIX = "delete or rewrite it (or rerun its trial), or leave it out with --skip-bad / on_bad='skip'"
@@ -115,6 +116,10 @@ def _read_trial(filesystem: pafs.FileSystem, path: str) -> pa.Table:
     nulls = [f.name for f in RESULT_SCHEMA if not f.nullable and table[f.name].null_count]
     if nulls:
         raise _BadFile(f"required column(s) {', '.join(nulls)} hold nulls")
+    for name in OPTIONAL:
+        if name not in table.column_names:
+            column = RESULT_SCHEMA.field(name)
+            table = table.append_column(column, pa.nulls(table.num_rows, column.type))
     table = table.select(RESULT_SCHEMA.names).cast(RESULT_SCHEMA)
     unknown = pc.filter(table["status"], pc.invert(pc.is_in(table["status"], pa.array(STATUSES))))
     if len(unknown):
@@ -130,7 +135,7 @@ def _schema_problem(schema: pa.Schema) -> str:
 
     have = {f.name: kind(f.type) for f in schema}
     want = {f.name: f.type for f in RESULT_SCHEMA}
-    missing = [n for n in want if n not in have]
+    missing = [n for n in want if n not in have and n not in OPTIONAL]
     extra = [n for n in have if n not in want]
     wrong = [f"{n} is {have[n]}, not {t}" for n, t in want.items() if n in have and have[n] != t]
     return "; ".join(

@@ -1,8 +1,9 @@
-"""The result table's explicit schema (DESIGN §5): one row per trial per epoch.
+"""The result table's explicit schema: one row per trial per epoch.
 
 Shared by the writer (jobs/) and the reader (analysis/) so the two can never drift apart.
 Errors are in percent (0-100), as in the paper's tables; `wall_s` is the epoch's wall time, so a trial's
-device-hours are sum(wall_s) × workers / 3600.
+device-hours are sum(wall_s) × workers / 3600. Columns added after files were first written come last, are
+nullable, and are listed in OPTIONAL: a file without them loads with nulls there.
 """
 
 import pyarrow as pa
@@ -35,7 +36,12 @@ RESULT_SCHEMA = pa.schema(
         pa.field("device", pa.string(), nullable=False),  # e.g. "cpu", "NVIDIA H100 80GB HBM3"
         pa.field("status", pa.string(), nullable=False),  # ok | diverged | failed
         pa.field("code_version", pa.string(), nullable=False),
+        # the trial's wall seconds from Ray starting it (before its worker group) to its result file, summed
+        # over restarts; the same on every row of the trial; null where not recorded
+        pa.field("trial_wall_s", pa.float64()),
     ]
 )
+
+OPTIONAL = ("trial_wall_s",)
 
 STATUSES = ("ok", "diverged", "failed")

@@ -1,48 +1,67 @@
-"""The paper's tables as Markdown, LaTeX (a booktabs tabular) or CSV.
+"""The paper's tables as Markdown, LaTeX (a booktabs tabular) or CSV, and the comparison table.
 
-Three layouts: "schemes" (Table 4: Standard / SAM / GNP per model, top-1 and top-5 error, cost beside
-accuracy), "datasets" (Table 1: top-1 error per dataset × augmentation) and "cells" (every variant, α and
-r of the grid). Markdown and LaTeX show "mean ± std" with the best per model in bold and notes on what was
-left out; CSV gives the numbers behind the table (mean and std in their own columns) for spreadsheets.
+Four layouts: "schemes" (Table 4: one chosen cell per scheme and model, top-1 and top-5 error, cost beside
+accuracy), "datasets" (Table 1: top-1 error per dataset × augmentation), "cells" (every variant, α and r of
+the grid) and "trials" (every seed, for an appendix). Markdown and LaTeX show "mean ± std" with the best per
+model in bold and notes on how the numbers were chosen and what was left out; CSV gives the numbers behind
+the table (mean and std in their own columns) for spreadsheets.
 """
-
-from dataclasses import dataclass, field
 
 import pandas as pd
 
+from analysis import comparison
 from analysis.errors import AnalysisError
-from analysis.summary import BLOCK, select_schemes, summarize
+from analysis.render import DASH, Table, duration, mean_std, number, render
+from analysis.summary import (
+    BLOCK,
+    grid_cost,
+    scheme_rank,
+    select_schemes,
+    summarize_trials,
+    trial_scores,
+    with_schemes,
+)
 
 FORMATS = ("md", "latex", "csv")
-KINDS = ("schemes", "datasets", "cells")
-DASH = "–"  # no value: no ok seed, or no α/r chosen
+KINDS = ("schemes", "datasets", "cells", "trials")
 
 
-@dataclass
-class Table:
-    """Rendered cells; `bold` marks the best per model, `breaks` the rows that start a new model."""
+def format_table(
+    df: pd.DataFrame, fmt: str = "md", pick: str = "best", kind: str = "schemes", versus=None
+) -> str:
+    """The table of the loaded result rows `df` (see load_results) as text in `fmt` (md, latex or csv).
 
-    header: list[str]
-    align: str
-    rows: list[list[str]] = field(default_factory=list)
-    bold: list[list[bool]] = field(default_factory=list)
-    breaks: set[int] = field(default_factory=set)
-    notes: list[str] = field(default_factory=list)
-
-
-def format_table(df: pd.DataFrame, fmt: str = "md", pick: str = "best", kind: str = "schemes") -> str:
-    """The table of the loaded result rows `df` (see load_results) as text in `fmt` (md, latex or csv)."""
+    `versus` (schemes table only) adds each row's top-1 difference from that side (a scheme such as
+    "Standard", or any spec analysis.compare takes) with its 95% interval, marked ‡ where it excludes 0.
+    """
     if fmt not in FORMATS:
         raise AnalysisError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if kind not in KINDS:
         raise AnalysisError(f"table kind must be one of {', '.join(KINDS)}, got {kind!r}")
-    summary = summarize(df, pick)
-    frame = summary if kind == "cells" else select_schemes(summary)
+    if versus is not None and kind != "schemes":
+        raise AnalysisError(f"versus is a column of the schemes table, not of --kind {kind}")
+    trials = trial_scores(df, pick)
+    summary = summarize_trials(trials)
+    if kind == "trials":
+        frame = trials.sort_values([*BLOCK, "alpha", "r", "variant", "seed"], ignore_index=True)
+    else:
+        frame = summary if kind == "cells" else select_schemes(summary)
+    if versus is not None:
+        frame = _with_versus(frame, trials, summary, versus)
     if fmt == "csv":
         return frame.to_csv(index=False)
-    table = {"schemes": _scheme_table, "datasets": _dataset_table, "cells": _cell_table}[kind](frame)
-    table.notes = _notes(summary, pick, flagged=any("†" in text for row in table.rows for text in row))
-    return _markdown(table) if fmt == "md" else _latex(table)
+    layout = {
+        "schemes": _scheme_table,
+        "datasets": _dataset_table,
+        "cells": _cell_table,
+        "trials": _trial_table,
+    }
+    table = layout[kind](frame)
+    if versus is not None:
+        _add_versus_column(table, frame)
+    flagged = any("†" in text for row in table.rows for text in row)
+    table.notes = _notes(summary, trials, pick, kind, flagged, versus is not None)
+    return render(table, fmt)
 
 
 # ---- layouts ----------------------------------------------------------------------------------------------
@@ -58,48 +77,75 @@ def _cell_table(frame: pd.DataFrame) -> Table:
 
 def _per_cell_table(frame: pd.DataFrame, label: str, names: pd.Series) -> Table:
     """One row per selected scheme or grid cell, model and data written once per block."""
-    table = Table(
-        header=[
-            "Model",
-            "Data",
-            label,
-            "α",
-            "r",
-            "Top-1 err (%)",
-            "Top-5 err (%)",
-            "Seeds",
-            "Diverged",
-            "Failed",
-            "Device-h/trial",
-            "img/s",
-        ],
-        align="lllrrrrrrrrr",
-    )
+    header = [
+        "Model",
+        "Data",
+        label,
+        "α",
+        "r",
+        "Top-1 err (%)",
+        "Top-5 err (%)",
+        "Seeds",
+        "Diverged",
+        "Failed",
+        "Device-h/trial",
+        "img/s",
+    ]
+    table = Table(header=header, align="lllrrrrrrrrr")
     bold1, bold5 = (_best_in_block(frame, f"{m}_mean", BLOCK) for m in ("test_top1_err", "test_top5_err"))
     previous = None
     for i, row in enumerate(frame.itertuples(index=False)):
         block = tuple(getattr(row, name) for name in BLOCK)
-        if block != previous and i:
-            table.breaks.add(i)
-        table.rows.append(
+        table.add(
             [
-                row.model if block != previous else "",
-                f"{row.dataset} ({row.augmentation})" if block != previous else "",
+                *_block_cells(row, block != previous),
                 names.iloc[i],
-                _number(row.alpha, "g"),
-                _number(row.r, "g"),
-                _mean_std(row.test_top1_err_mean, row.test_top1_err_std),
-                _mean_std(row.test_top5_err_mean, row.test_top5_err_std),
-                _seeds(row),
+                number(row.alpha, "g"),
+                number(row.r, "g"),
+                mean_std(row.test_top1_err_mean, row.test_top1_err_std),
+                mean_std(row.test_top5_err_mean, row.test_top5_err_std),
+                f"{row.n}/{row.seeds_planned}" + ("†" if row.incomplete else ""),
                 str(row.diverged),
                 str(row.failed),
-                _number(row.device_hours, ".3g"),
-                _number(row.images_per_s, ".0f"),
-            ]
+                number(row.device_hours, ".3g"),
+                number(row.images_per_s, ".0f"),
+            ],
+            [False] * 5 + [bold1.iloc[i], bold5.iloc[i]] + [False] * 5,
+            new_block=block != previous,
         )
-        table.bold.append([False] * 5 + [bold1.iloc[i], bold5.iloc[i]] + [False] * 5)
         previous = block
     return table
+
+
+def _trial_table(frame: pd.DataFrame) -> Table:
+    """One row per trial (seed): the per-seed numbers behind every mean."""
+    header = ["Model", "Data", "Variant", "α", "r", "Seed", "Status", "Epoch", "Top-1 err (%)",
+              "Top-5 err (%)", "Device-h"]  # fmt: skip
+    table = Table(header=header, align="lllrrrlrrrr")
+    previous = None
+    for row in frame.itertuples(index=False):
+        block = tuple(getattr(row, name) for name in BLOCK)
+        table.add(
+            [
+                *_block_cells(row, block != previous),
+                row.variant,
+                number(row.alpha, "g"),
+                number(row.r, "g"),
+                str(row.seed),
+                row.status,
+                str(row.scored_epoch),
+                number(row.test_top1_err, ".2f"),
+                number(row.test_top5_err, ".2f"),
+                number(row.device_hours, ".3g"),
+            ],
+            new_block=block != previous,
+        )
+        previous = block
+    return table
+
+
+def _block_cells(row, first: bool) -> list[str]:
+    return [row.model, f"{row.dataset} ({row.augmentation})"] if first else ["", ""]
 
 
 def _dataset_table(frame: pd.DataFrame) -> Table:
@@ -128,15 +174,12 @@ def _dataset_table(frame: pd.DataFrame) -> Table:
     models = list(text.index.get_level_values("model"))
     for i, ((model, scheme), values) in enumerate(text.iterrows()):
         first = i == 0 or models[i - 1] != model
-        if first and i:
-            table.breaks.add(i)
-        table.rows.append([model if first else "", scheme, *values])
-        table.bold.append([False, False, *map(bool, bold.iloc[i])])
+        table.add([model if first else "", scheme, *values], [False, False, *map(bool, bold.iloc[i])], first)
     return table
 
 
 def _dataset_cell(row) -> str:
-    text = _mean_std(row.test_top1_err_mean, row.test_top1_err_std) + ("†" if row.incomplete else "")
+    text = mean_std(row.test_top1_err_mean, row.test_top1_err_std) + ("†" if row.incomplete else "")
     if row.scheme != "Standard" and pd.notna(row.alpha):
         text += f" (α {row.alpha:g}, r {row.r:g})"
     return text
@@ -147,16 +190,68 @@ def _best_in_block(frame: pd.DataFrame, column: str, block: list[str]) -> pd.Ser
     return frame[column].eq(frame.groupby(block)[column].transform("min")) & frame[column].notna()
 
 
-def _notes(summary: pd.DataFrame, pick: str, flagged: bool) -> list[str]:
-    scored = "its best epoch" if pick == "best" else "its last epoch"
-    notes = [
-        f"Test error in %, mean ± sample std over the ok seeds, each trial scored at {scored} "
-        f"(--pick {pick}); bold: best per model."
-    ]
+# ---- the versus column ------------------------------------------------------------------------------------
+
+_VERSUS = ["test", "n", "diff", "ci_low", "ci_high", "p"]
+
+
+def _with_versus(frame: pd.DataFrame, trials: pd.DataFrame, summary: pd.DataFrame, versus) -> pd.DataFrame:
+    """The schemes table with versus_* columns: each row's top-1 difference from the `versus` side."""
+    cells = with_schemes(summary)
+    reference = comparison.parse_side(versus, set(cells["scheme"]))
+    found = []
+    for scheme in sorted(set(frame["scheme"]) - {reference.scheme}, key=scheme_rank):
+        try:
+            found.append(
+                comparison.compare_cells(trials, cells, comparison.Side(scheme), reference, "test_top1_err")
+            )
+        except AnalysisError:  # no block holds both: the row keeps empty versus columns
+            continue
+    columns = [*BLOCK, "a", *_VERSUS]
+    rows = pd.concat(found) if found else pd.DataFrame(columns=columns)
+    rows = rows[columns].rename(columns={"a": "scheme", **{c: f"versus_{c}" for c in _VERSUS}})
+    return frame.merge(rows, on=[*BLOCK, "scheme"], how="left").assign(versus=str(reference))
+
+
+def _add_versus_column(table: Table, frame: pd.DataFrame) -> None:
+    table.header.append(f"Δ top-1 vs {frame['versus'].iloc[0]}")
+    table.align += "r"
+    for cells, bold, row in zip(table.rows, table.bold, frame.itertuples(index=False), strict=True):
+        cells.append(_versus_text(row))
+        bold.append(False)
+
+
+def _versus_text(row) -> str:
+    if pd.isna(row.versus_n):  # the reference itself, or a model without it
+        return DASH
+    if pd.isna(row.versus_test):
+        return "n too small"
+    if pd.isna(row.versus_ci_low):
+        return f"{row.versus_diff:+.2f} (no spread)"
+    excludes = row.versus_ci_low > 0 or row.versus_ci_high < 0
+    return f"{row.versus_diff:+.2f} [{row.versus_ci_low:+.2f}, {row.versus_ci_high:+.2f}]" + "‡" * excludes
+
+
+# ---- notes ------------------------------------------------------------------------------------------------
+
+
+def _notes(
+    summary: pd.DataFrame, trials: pd.DataFrame, pick: str, kind: str, flagged: bool, versus: bool
+) -> list[str]:
+    notes = [_scoring_note(pick, kind)]
+    selection = _selection_note(pick, kind)
+    if selection:
+        notes.append(selection)
     if flagged:
         notes.append("† fewer ok seeds than planned (diverged, failed or missing trials).")
+    if versus:
+        notes.append(
+            "Δ top-1: the row's cell minus the reference's, mean over the seeds both have with its 95% paired-t "
+            "interval (Welch's t where they share fewer than 2 seeds); ‡ the interval excludes 0. "
+            "python -m analysis compare gives the p-values and a bootstrap."
+        )
     bad = summary[(summary["diverged"] > 0) | (summary["failed"] > 0)]
-    if len(bad):
+    if len(bad) and kind != "trials":
         notes.append(
             "Not averaged in: "
             + "; ".join(
@@ -170,88 +265,150 @@ def _notes(summary: pd.DataFrame, pick: str, flagged: bool) -> list[str]:
             )
             + "."
         )
+    notes.append(_cost_note(trials, kind))
     return notes
 
 
-# ---- cells ------------------------------------------------------------------------------------------------
+def _scoring_note(pick: str, kind: str) -> str:
+    if kind == "trials":
+        return f"Test error in % of each trial (seed), scored at {_scored_at(pick)} (column Epoch; --pick {pick})."
+    return (
+        f"Test error in %, mean ± sample std over the ok seeds, each trial scored at {_scored_at(pick)} "
+        f"(--pick {pick}); bold: best per model."
+    )
 
 
-def _mean_std(mean: float, std: float) -> str:
-    if pd.isna(mean):
-        return DASH
-    return f"{mean:.2f}" if pd.isna(std) else f"{mean:.2f} ± {std:.2f}"
+def _scored_at(pick: str) -> str:
+    if pick == "best":
+        return "the epoch of its lowest test top-1 error, top-5 at that same epoch"
+    return "its last epoch"
 
 
-def _number(value: float, spec: str) -> str:
-    return DASH if pd.isna(value) else format(value, spec)
-
-
-def _seeds(row) -> str:
-    return f"{row.n}/{row.seeds_planned}" + ("†" if row.incomplete else "")
-
-
-# ---- renderers --------------------------------------------------------------------------------------------
-
-
-def _markdown(table: Table) -> str:
-    def cell(text: str, bold: bool) -> str:
-        text = text.replace("|", r"\|")
-        return f"**{text}**" if bold and text else text
-
-    lines = [
-        "| " + " | ".join(table.header) + " |",
-        "|" + "|".join(":---" if a == "l" else "---:" for a in table.align) + "|",
-        *(
-            "| " + " | ".join(map(cell, row, bold)) + " |"
-            for row, bold in zip(table.rows, table.bold, strict=True)
-        ),
-    ]
-    return "\n".join(lines + ([""] + table.notes if table.notes else [])) + "\n"
-
-
-_LATEX = {
-    "\\": r"\textbackslash{}",
-    "&": r"\&",
-    "%": r"\%",
-    "$": r"\$",
-    "#": r"\#",
-    "_": r"\_",
-    "{": r"\{",
-    "}": r"\}",
-    "~": r"\textasciitilde{}",
-    "^": r"\textasciicircum{}",
-    "±": r"$\pm$",
-    "α": r"$\alpha$",
-    "†": r"$^\dagger$",
-    "–": "--",
-    "×": r"$\times$",
-}
-
-
-def _tex(text: str) -> str:
-    return "".join(_LATEX.get(ch, ch) for ch in text)
-
-
-def _latex(table: Table) -> str:
-    """A booktabs tabular for \\input inside a table float; the notes follow as comments for the caption."""
-
-    def row(cells, bold) -> str:
-        return (
-            " & ".join(
-                rf"\textbf{{{_tex(c)}}}" if b and c else _tex(c) for c, b in zip(cells, bold, strict=True)
-            )
-            + r" \\"
+def _selection_note(pick: str, kind: str) -> str:
+    """Say what was chosen on the data that is reported, and how to avoid it."""
+    text, chosen = "", []
+    if kind in ("schemes", "datasets"):
+        text = "One chosen cell per scheme and model, the α and r of lowest mean top-1 (all cells: --kind cells). "
+    if pick == "best":
+        chosen.append("each trial's epoch (--pick final takes the last)")
+    if kind in ("schemes", "datasets"):
+        chosen.append("each scheme's α and r (python -m analysis compare tests cells named in advance)")
+    if chosen:
+        text += (
+            "Chosen on the same validation set these errors are measured on, so the errors are optimistic: "
+            + " and ".join(chosen)
+            + "."
         )
+    return text.strip()
 
-    lines = [
-        rf"\begin{{tabular}}{{{table.align}}}",
-        r"\toprule",
-        row(table.header, [False] * len(table.header)),
-        r"\midrule",
+
+def _cost_note(trials: pd.DataFrame, kind: str) -> str:
+    cost = grid_cost(trials)
+    per_trial = {
+        "trials": "Device-h: the trial's epochs' wall time × workers. ",
+        "cells": "Device-h/trial: a trial's epochs' wall time × workers, mean over the ok seeds. ",
+        "schemes": "Device-h/trial: a trial's epochs' wall time × workers, mean over the ok seeds. ",
+    }.get(kind, "")
+    text = (
+        f"{per_trial}The grid: {cost.trials} trials, {cost.device_hours:.3g} device-hours in all "
+        "(ok, diverged and failed)"
+    )
+    if cost.ray_known == 0:
+        return text + "; Ray's own wall time (starting worker groups, checkpoints) is not in these files."
+    share = "" if cost.ray_known == cost.trials else f" (the {cost.ray_known} trials that record it)"
+    return text + f"; Ray added {duration(cost.ray_wall_s)} of wall time beyond the epochs{share}."
+
+
+# ---- the comparison table ---------------------------------------------------------------------------------
+
+
+def format_comparison(result: pd.DataFrame, fmt: str = "md") -> str:
+    """compare()'s rows (one or more comparisons, concatenated) as a table with notes, or CSV."""
+    if fmt not in FORMATS:
+        raise AnalysisError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if fmt == "csv":
+        return result.to_csv(index=False)
+    metric = "top-1" if result["metric"].iloc[0] == "test_top1_err" else "top-5"
+    table = Table(
+        header=[
+            "Model",
+            "Data",
+            "A",
+            "B",
+            "Seeds",
+            "A err (%)",
+            "B err (%)",
+            f"A − B ({metric}, points)",
+            "95% CI (t)",
+            "p",
+            "95% CI (bootstrap)",
+            "Conclusion",
+        ],  # fmt: skip
+        align="llllrrrrrrrl",
+    )
+    previous = None
+    for row in result.itertuples(index=False):
+        block = tuple(getattr(row, name) for name in BLOCK)
+        table.add(
+            [
+                *_block_cells(row, block != previous),
+                _side(row.a, row.a_alpha, row.a_r),
+                _side(row.b, row.b_alpha, row.b_r),
+                _seed_count(row),
+                number(row.a_mean, ".2f"),
+                number(row.b_mean, ".2f"),
+                number(row.diff, "+.2f"),
+                _interval(row.ci_low, row.ci_high),
+                _p_value(row.p),
+                _interval(row.boot_low, row.boot_high),
+                row.conclusion,
+            ],
+            new_block=block != previous,
+        )
+        previous = block
+    table.notes = _comparison_notes(result)
+    return render(table, fmt)
+
+
+def _side(spec: str, alpha: float, r: float) -> str:
+    return f"{spec.split(':')[0]} (α {alpha:g}, r {r:g})"
+
+
+def _seed_count(row) -> str:
+    if row.test == "Welch":
+        return f"{row.a_n} + {row.b_n} unpaired"
+    if row.test == "paired t":
+        return f"{row.n} paired"
+    return f"{row.n} common ({row.a_n} + {row.b_n} ok)"
+
+
+def _interval(low: float, high: float) -> str:
+    return DASH if pd.isna(low) else f"[{low:+.2f}, {high:+.2f}]"
+
+
+def _p_value(p: float) -> str:
+    return DASH if pd.isna(p) else ("< 0.001" if p < 0.001 else f"{p:.3f}")
+
+
+def _comparison_notes(result: pd.DataFrame) -> list[str]:
+    pick = result["pick"].iloc[0]
+    notes = [
+        "A − B: mean difference in test error (percentage points; negative: A lower) over the seeds both "
+        "cells have, with scipy's paired t (Welch's t on all ok seeds where they share fewer than 2). "
+        f"Bootstrap: percentile interval of {comparison.BOOTSTRAP_RESAMPLES} paired resamples (seed "
+        f"{comparison.BOOTSTRAP_SEED}), from n = {comparison.BOOTSTRAP_MIN_N} paired seeds on.",
+        f"Each trial is scored at {_scored_at(pick)} (--pick {pick}).",
     ]
-    for i, (cells, bold) in enumerate(zip(table.rows, table.bold, strict=True)):
-        if i in table.breaks:
-            lines.append(r"\midrule")
-        lines.append(row(cells, bold))
-    lines += [r"\bottomrule", r"\end{tabular}", *(f"% {note}" for note in table.notes)]
-    return "\n".join(lines) + "\n"
+    if pick == "best":
+        notes.append(
+            "That epoch is chosen on the same validation set that is tested: --pick final avoids it."
+        )
+    chosen = sorted(set(result.loc[result["a_cells"] > 1, "a"]) | set(result.loc[result["b_cells"] > 1, "b"]))
+    if chosen:
+        notes.append(
+            f"{', '.join(chosen)}: the cell with the lowest mean top-1 on these same data (optimistic); "
+            "name α and r (e.g. gnp:alpha=0.3,r=0.05) to test a cell fixed in advance."
+        )
+    if result["test"].isna().any():
+        notes.append("n too small: fewer than 2 seeds to compare; nothing can be concluded from those rows.")
+    return notes

@@ -37,6 +37,7 @@ def trial_rows(
     wall_s=10.0,
     workers=2,
     images_per_s=100.0,
+    trial_wall_s=None,
     **block,
 ):
     """One trial's rows, epoch by epoch: `top1`/`top5` list the test errors, `status` the last row's."""
@@ -71,6 +72,7 @@ def trial_rows(
                 device="cpu",
                 status="ok",
                 code_version="test",
+                trial_wall_s=trial_wall_s,
             )
         )
     if status:
@@ -194,6 +196,21 @@ def test_a_missing_folder_or_an_empty_one_is_one_line(tmp_path):
         load_results(tmp_path, on_bad="skip")
 
 
+def test_files_without_trial_wall_s_still_load(tmp_path):
+    old = pa.schema([f for f in RESULT_SCHEMA if f.name != "trial_wall_s"])
+    rows = trial_rows(alpha=0, r=0, seed=0, top1=[3.0, 2.0])
+    pq.write_table(pa.Table.from_pylist(rows, schema=old), tmp_path / "old.parquet")
+    df = load_results(tmp_path)
+    assert list(df.columns) == RESULT_SCHEMA.names and df["trial_wall_s"].isna().all()
+    assert "Ray's own wall time (starting worker groups, checkpoints) is not in" in format_table(df)
+    wrong = pa.Table.from_pylist(rows, schema=RESULT_SCHEMA).set_column(
+        len(RESULT_SCHEMA) - 1, "trial_wall_s", pa.array(["50"] * len(rows))
+    )
+    pq.write_table(wrong, tmp_path / "wrong.parquet")
+    with pytest.raises(AnalysisError, match=r"wrong\.parquet.*trial_wall_s is string, not double"):
+        load_results(tmp_path)
+
+
 def test_a_uri_is_read_through_pyarrow_filesystems(grid):
     assert load_results(f"file://{grid}")["trial_key"].nunique() == 3 * 5 + 2 + 3
 
@@ -253,7 +270,7 @@ def test_missing_seeds_are_flagged(grid):
 
 def test_selection_follows_the_paper(grid):
     chosen = select_schemes(summarize(load_results(grid))).set_index("scheme")
-    assert list(chosen.index) == ["Standard", "SAM", "GNP"]
+    assert list(chosen.index) == ["Standard", "GNP", "SAM"]  # the variant registry's order
     assert (chosen.loc["Standard", "alpha"], chosen.loc["Standard", "test_top1_err_mean"]) == (0.0, 22.0)
     sam, gnp = chosen.loc["SAM"], chosen.loc["GNP"]
     assert (sam["alpha"], sam["r"], sam["test_top1_err_mean"]) == (1.0, 0.1, 20.0)  # SAM at its best r
@@ -265,9 +282,9 @@ def test_the_scheme_table_shows_choice_cost_and_bold_best(grid):
     text = format_table(load_results(grid))
     lines = text.splitlines()
     assert lines[0].startswith("| Model | Data | Scheme | α | r | Top-1 err (%) | Top-5 err (%) | Seeds |")
-    assert lines[3] == "|  |  | SAM | 1 | 0.1 | 20.00 ± 1.00 | 5.00 ± 0.25 | 3/3 | 0 | 0 | 0.0167 | 100 |"
+    assert lines[4] == "|  |  | SAM | 1 | 0.1 | 20.00 ± 1.00 | 5.00 ± 0.25 | 3/3 | 0 | 0 | 0.0167 | 100 |"
     assert (
-        lines[4]
+        lines[3]
         == "|  |  | GNP | 0.8 | 0.05 | **18.00 ± 1.00** | **3.00 ± 0.00** | 3/3 | 0 | 0 | 0.0167 | 100 |"
     )
     assert text.count("**") == 4
@@ -322,12 +339,12 @@ def strip_escapes(tex: str) -> str:
 
 
 def test_latex_is_a_balanced_escaped_booktabs_tabular(grid):
-    write(grid, trial_rows(alpha=0, r=0, seed=0, top1=[12.0], model="wrn_28&10%", augmentation="cut#out"))
+    write(grid, trial_rows(alpha=0, r=0, seed=0, top1=[12.0], model="wrn_28&10%", augmentation="cut#out<2>"))
     tex = format_table(load_results(grid), fmt="latex")
     body = [line for line in tex.splitlines() if not line.startswith("%")]
     assert body[0] == r"\begin{tabular}{lllrrrrrrrrr}" and body[-1] == r"\end{tabular}"
     assert body[1] == r"\toprule" and body.count(r"\midrule") == 2 and body[-2] == r"\bottomrule"
-    assert r"wrn\_28\&10\%" in tex and r"cut\#out" in tex and r"\textbf{18.00 $\pm$ 1.00}" in tex
+    assert r"wrn\_28\&10\%" in tex and r"cut\#out$<$2$>$" in tex and r"\textbf{18.00 $\pm$ 1.00}" in tex
     text = strip_escapes("\n".join(body))
     assert text.count("{") == text.count("}") and text.count("$") % 2 == 0
     assert not re.search(r"[_%#]", text)
@@ -337,8 +354,8 @@ def test_latex_is_a_balanced_escaped_booktabs_tabular(grid):
 
 def test_csv_holds_the_numbers(grid):
     table = pd.read_csv(io.StringIO(format_table(load_results(grid), fmt="csv")))
-    assert list(table["scheme"]) == ["Standard", "SAM", "GNP"]
-    gnp = table.loc[2, ["alpha", "r", "test_top1_err_mean", "test_top1_err_std", "n"]]
+    assert list(table["scheme"]) == ["Standard", "GNP", "SAM"]
+    gnp = table.loc[1, ["alpha", "r", "test_top1_err_mean", "test_top1_err_std", "n"]]
     assert gnp.tolist() == [0.8, 0.05, 18, 1, 3]
     cells = pd.read_csv(io.StringIO(format_table(load_results(grid), fmt="csv", kind="cells")))
     assert len(cells) == 7 and cells["diverged"].sum() == 3
@@ -351,8 +368,8 @@ def test_the_dataset_table_has_a_column_per_dataset_and_augmentation(grid):
     lines = format_table(load_results(grid), kind="datasets").splitlines()
     assert lines[0] == "| Model | Scheme | digits (crop) top-1 err (%) | digits (flip) top-1 err (%) |"
     assert lines[2] == "| smallcnn | Standard | 22.00 ± 2.00 | 42.00 ± 2.83† |"
-    assert lines[3] == "|  | SAM | 20.00 ± 1.00 (α 1, r 0.1) | – |"
-    assert lines[4] == "|  | GNP | **18.00 ± 1.00 (α 0.8, r 0.05)** | **37.00 ± 2.83† (α 0.3, r 0.05)** |"
+    assert lines[3] == "|  | GNP | **18.00 ± 1.00 (α 0.8, r 0.05)** | **37.00 ± 2.83† (α 0.3, r 0.05)** |"
+    assert lines[4] == "|  | SAM | 20.00 ± 1.00 (α 1, r 0.1) | – |"
 
 
 def test_bad_arguments_are_analysis_errors(grid):
@@ -378,6 +395,8 @@ def test_figures_are_written_as_png_and_pdf(grid, tmp_path):
         "alpha-digits-smallcnn-crop.png",
         "epochs-digits-smallcnn-crop.pdf",
         "epochs-digits-smallcnn-crop.png",
+        "heatmap-digits-smallcnn-crop.pdf",
+        "heatmap-digits-smallcnn-crop.png",
     ]
     for path in paths:
         head = path.read_bytes()[:8]
@@ -430,9 +449,8 @@ def test_table_prints_markdown_latex_and_csv(results, capsys):
     )
     assert main(["table", str(results), "--format", "latex", "--pick", "final"]) == 0
     out = capsys.readouterr().out
-    assert (
-        out.startswith(r"\begin{tabular}") and out.count(r"\textbf{30.00 $\pm$ 0.00}") == 2
-    )  # a tie: both bold
+    assert out.splitlines()[1].startswith(r"\begin{tabular}") and "booktabs" in out.splitlines()[0]
+    assert out.count(r"\textbf{30.00 $\pm$ 0.00}") == 2  # a tie: both bold
     assert main(["table", str(results), "--format", "csv", "--kind", "cells"]) == 0
     header = capsys.readouterr().out.splitlines()[0]
     assert header.startswith("recipe,model,dataset,augmentation,variant,alpha,r,test_top1_err_mean,")
@@ -441,7 +459,7 @@ def test_table_prints_markdown_latex_and_csv(results, capsys):
 def test_figures_writes_and_lists_the_files(results, tmp_path, capsys):
     assert main(["figures", str(results), "--out", str(tmp_path / "fig")]) == 0
     paths = [Path(line) for line in capsys.readouterr().out.splitlines()]
-    assert len(paths) == 4 and all(p.parent == tmp_path / "fig" and p.stat().st_size > 0 for p in paths)
+    assert len(paths) == 6 and all(p.parent == tmp_path / "fig" and p.stat().st_size > 0 for p in paths)
 
 
 def test_a_bad_file_is_one_line_and_exit_2_or_skipped(results, capsys):
@@ -476,9 +494,12 @@ def test_bad_folders_exit_2_with_one_line_and_no_traceback(tmp_path, case):
 
 
 def test_help_for_each_command(capsys):
-    for argv in (["--help"], ["table", "--help"], ["figures", "--help"]):
+    for argv in (["--help"], ["table", "--help"], ["compare", "--help"], ["figures", "--help"]):
         with pytest.raises(SystemExit) as done:
             main(argv)
         assert done.value.code == 0
     out = capsys.readouterr().out
     assert "--format {md,latex,csv}" in out and "--pick {best,final}" in out and "--out OUT" in out
+    assert out.count("--pick {best,final}") >= 3  # every command
+    assert "(default: final)" in out  # compare scores the last epoch unless told otherwise
+    assert "gnp:alpha=0.3,r=0.05" in out and "trials: every seed" in out

@@ -1,0 +1,63 @@
+"""What every figure shares: one colour per scheme (each dark enough to read on white), the titles that
+say model, data, pick and n, and a canvas that never goes through pyplot (a notebook keeps its backend)."""
+
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from analysis.summary import SCHEMES, scheme_of
+from gnp import variants
+
+# In the registry's order of labels: Standard, GNP, SAM, FGR, BGR, ASAM, DB, then any later label.
+_PALETTE = ("#000000", "#1f5fa8", "#c0282d", "#23843a", "#7b3fa0", "#8c564b", "#b35900", "#00707a", "#6b6b00")
+COLORS = {label: _PALETTE[i % len(_PALETTE)] for i, label in enumerate(SCHEMES)}
+OTHER = "#555555"  # a variant the registry does not know
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "h")
+STYLES = ("-", "--", "-.", ":")
+
+
+def label_of(variant: str, alpha: float) -> str:
+    """The cell's scheme, or for a cell outside every scheme (gnp with α > 1) its variant's label."""
+    known = variants.REGISTRY.get(variant)
+    return scheme_of(variant, alpha) or (known.label if known else variant)
+
+
+def color_of(label: str) -> str:
+    return COLORS.get(label, OTHER)
+
+
+def family(variant: str) -> str:
+    """The α line a variant's cells lie on: its own, or the one it is a fixed-α case of (sam: gnp)."""
+    known = variants.REGISTRY.get(variant)
+    return (known.alias_of or variant) if known else variant
+
+
+def family_label(name: str) -> str:
+    known = variants.REGISTRY.get(name)
+    return known.label if known else name
+
+
+def new_figure(panels: int, width: float = 5.5, height: float = 4.2) -> tuple[Figure, list]:
+    figure = Figure(figsize=(width * panels + 2.5, height), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(1, panels, squeeze=False)[0]
+    return figure, list(axes)
+
+
+def block_title(block: tuple, pick: str, seeds: pd.Series) -> str:
+    """'model on data (augmentation), recipe R · best epoch per trial · n = 3 seeds'."""
+    recipe, model, dataset, augmentation = block
+    at = "best epoch (lowest top-1) per trial" if pick == "best" else "final epoch per trial"
+    low, high = int(seeds.min()), int(seeds.max())
+    n = f"n = {low} seed{'s' * (high != 1)}" if low == high else f"n = {low}–{high} seeds per point"
+    return f"{model} on {dataset} ({augmentation}), recipe {recipe} · {at} · {n}"
+
+
+def integer_ticks(ax) -> None:
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def legend(figure: Figure, ax, title: str) -> None:
+    figure.legend(*ax.get_legend_handles_labels(), loc="outside right upper", fontsize="small")
+    figure.suptitle(title, fontsize="medium")
