@@ -17,7 +17,7 @@ RESULT_SCHEMA = pa.schema(
         pa.field("dataset", pa.string(), nullable=False),
         pa.field("augmentation", pa.string(), nullable=False),
         pa.field("model", pa.string(), nullable=False),
-        pa.field("variant", pa.string(), nullable=False),  # standard | gnp | sam | fgr | bgr | db
+        pa.field("variant", pa.string(), nullable=False),  # a gnp.variants name: standard, gnp, sam, fgr, bgr, asam, db
         pa.field("alpha", pa.float64(), nullable=False),
         pa.field("r", pa.float64(), nullable=False),
         pa.field("seed", pa.int64(), nullable=False),
@@ -28,7 +28,10 @@ RESULT_SCHEMA = pa.schema(
         pa.field("train_err", pa.float64()),  # percent
         pa.field("test_top1_err", pa.float64()),  # percent
         pa.field("test_top5_err", pa.float64()),  # percent
-        pa.field("grad_norm", pa.float64()),  # mean ||g1|| over the epoch
+        # ‖∇L(θ)‖ of the data loss (L2 term excluded) on each rank's own batch at θ, averaged over the ranks
+        # and the epoch's steps (steps with a non-finite norm, i.e. fp16 overflows, left out); the same
+        # quantity for every scheme
+        pa.field("grad_norm", pa.float64()),
         pa.field("lr", pa.float64()),
         pa.field("images_per_s", pa.float64()),  # training throughput, all workers together
         pa.field("wall_s", pa.float64()),  # this epoch's wall seconds
@@ -39,9 +42,14 @@ RESULT_SCHEMA = pa.schema(
         # the trial's wall seconds from Ray starting it (before its worker group) to its result file, summed
         # over restarts; the same on every row of the trial; null where not recorded
         pa.field("trial_wall_s", pa.float64()),
+        pa.field("val_images", pa.int64()),  # validation images evaluated (every one exactly once)
+        pa.field("skipped_steps", pa.int64()),  # fp16 steps the GradScaler skipped for overflow (not divergence)
+        pa.field("regularized_steps", pa.int64()),  # two-pass steps of the epoch (amortized and warm-up schedules)
+        # the dataset's identity: classes, image counts and a fingerprint of its file list (not its path)
+        pa.field("dataset_id", pa.string()),
     ]
 )
 
-OPTIONAL = ("trial_wall_s",)
+OPTIONAL = ("trial_wall_s", "val_images", "skipped_steps", "regularized_steps", "dataset_id")
 
 STATUSES = ("ok", "diverged", "failed")

@@ -1,94 +1,129 @@
-"""What a GNP step costs next to a standard step, measured side by side in one run (issue 2 §5).
+"""What a GNP step costs next to a standard step, measured side by side in one run.
 
     .venv/bin/python bench/step_ratio.py                      # small CNN, 1 CPU process and 2 gloo DDP workers
-    .venv/bin/python bench/step_ratio.py --model resnet50 --size 224 --batch 128 --amp bf16 --channels-last
-                                                              # on a GPU: img/s of both
+    PYTHONPATH=. python3 bench/step_ratio.py --model resnet50 --size 224 --batch 256 --amp bf16 \\
+        --channels-last --compile both --no-ddp --json bench/results   # one GPU: img/s, ratio, memory
 
-Standard and GNP steps alternate (ABAB…) so that machine noise hits both alike; the figure is the ratio of
-their medians. Under DDP a comm hook counts the gradient all-reduces per step (the target: GNP does as many
-as standard training, not twice as many). The limit for the ratio is 2.0: GNP costs two forward-backward
-passes where standard training costs one.
+Schemes: standard (one pass), GNP (α = 0.8), SAM, and amortized GNP (a two-pass step with probability
+0.25, else a standard one: 1.25 passes per step on average). Their steps alternate (ABCD ABCD …) so that
+machine noise hits all alike; a scheme's figure is its mean step time (the amortized one mixes one- and
+two-pass steps, so a median would hide its cost), and its ratio is that mean over standard's. Under DDP the
+optimizer counts the gradient all-reduces per step (GNP must do as many as standard training). On CUDA each
+scheme's peak memory is measured alone, after the timed run. `--json DIR` writes every figure to
+DIR/step_ratio-<device>-<date>.json with the device name and the torch version.
 """
 
 import argparse
+import datetime
+import json
+import platform
+import random
+import re
 import statistics
 import tempfile
 import time
 from contextlib import nullcontext
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from gnp.models import build_model
 from gnp.optim import GNP
 
-SCHEMES = {"standard": dict(variant="standard", alpha=0.0), "gnp": dict(variant="gnp", alpha=0.8)}
+SCHEMES = {
+    "standard": dict(variant="standard", alpha=0.0),
+    "gnp": dict(variant="gnp", alpha=0.8),
+    "sam": dict(variant="sam", alpha=1.0),
+    "amortized_p0.25": dict(variant="gnp", alpha=0.8, p=0.25),
+}
 
 
-def counting_allreduce(counter, bucket):
-    counter["n"] += 1
-    return default_hooks.allreduce_hook(None, bucket)
-
-
-def measure(args, device, rank=0, world=1) -> dict:
-    """Median seconds per step and all-reduces per step for each scheme, interleaved."""
+def build(args, device, kw, world):
+    """(optimizer, closure, p) for one scheme on its own copy of the model."""
     torch.manual_seed(0)
-    x = torch.randn(args.batch // world, 3, args.size, args.size, device=device)
-    y = torch.randint(0, args.classes, (args.batch // world,), device=device)
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
-    x = x.contiguous(memory_format=fmt)
+    model = build_model(args.model, args.classes).to(device, memory_format=fmt)
+    forward = torch.compile(model) if args.compiled else model
+    if world > 1:
+        forward = DDP(forward)
+    kw = dict(kw)
+    p = kw.pop("p", 1.0)
+    opt = GNP(forward.parameters(), r=0.05, lr=0.1, momentum=0.9, weight_decay=5e-5, model=forward, **kw)
+    x = torch.randn(args.batch // world, 3, args.size, args.size, device=device).contiguous(memory_format=fmt)
+    y = torch.randint(0, args.classes, (args.batch // world,), device=device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if args.amp == "bf16" else nullcontext()
-    runs = {}
-    for name, kw in SCHEMES.items():
-        model = build_model(args.model, args.classes).to(device, memory_format=fmt)
-        counter = {"n": 0}
-        if world > 1:
-            model = DDP(model)
-            model.register_comm_hook(counter, counting_allreduce)
-        opt = GNP(model.parameters(), r=0.05, lr=0.1, momentum=0.9, weight_decay=5e-5, model=model, **kw)
 
-        def closure(model=model):
-            with autocast:
-                loss = F.cross_entropy(model(x), y)
-            loss.backward()
-            return loss
+    def closure():
+        with autocast:
+            loss = F.cross_entropy(forward(x), y)
+        loss.backward()
+        return loss
 
-        runs[name] = (opt, closure, counter, [])
+    return opt, closure, p
+
+
+def sync(device, world):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    if world > 1:
+        dist.barrier()
+
+
+def measure(args, device, world=1) -> dict:
+    """Per scheme: mean and median seconds per step, all-reduces per step, and (CUDA) peak memory."""
+    runs = {name: (*build(args, device, kw, world), []) for name, kw in SCHEMES.items()}
+    draws = random.Random(0)
     for i in range(args.warmup + args.steps):
-        for opt, closure, counter, times in runs.values():
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            if world > 1:
-                dist.barrier()
-            counter["n"], start = 0, time.perf_counter()
-            opt.step(closure)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
+        for opt, closure, p, times in runs.values():
+            regularize = p >= 1 or draws.random() < p
+            sync(device, world)
+            start = time.perf_counter()
+            opt.step(closure, regularize=regularize)
+            sync(device, world)
             if i >= args.warmup:
                 times.append(time.perf_counter() - start)
-    return {name: dict(step_s=statistics.median(t), allreduces=c["n"]) for name, (_, _, c, t) in runs.items()}
+    result = {}
+    for name, (opt, _, _, times) in runs.items():
+        result[name] = dict(step_s=statistics.fmean(times), median_s=statistics.median(times),
+                            img_s=args.batch / statistics.fmean(times),
+                            allreduces_per_step=opt.all_reduces / (args.warmup + args.steps))
+    del runs
+    if device.type == "cuda":
+        for name, kw in SCHEMES.items():  # alone: the peak of one model, its optimizer and its passes
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+            opt, closure, _ = build(args, device, kw, world)
+            for _ in range(3):
+                opt.step(closure)
+            torch.cuda.synchronize()
+            result[name]["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+            del opt, closure
+    for name in result:
+        result[name]["ratio_to_standard"] = result[name]["step_s"] / result["standard"]["step_s"]
+    return result
 
 
 def ddp_worker(rank, world, init_file, args, out):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    result = measure(args, torch.device("cpu"), rank, world)
+    result = measure(args, torch.device("cpu"), world)
     if rank == 0:
         torch.save(result, out)
     dist.barrier()
     dist.destroy_process_group()
 
 
-def report(title, result, batch):
-    std, gnp = result["standard"], result["gnp"]
-    print(f"{title}: standard {std['step_s'] * 1e3:.1f} ms/step ({batch / std['step_s']:.0f} img/s, "
-          f"{std['allreduces']} all-reduces/step); GNP {gnp['step_s'] * 1e3:.1f} ms/step "
-          f"({batch / gnp['step_s']:.0f} img/s, {gnp['allreduces']} all-reduces/step); "
-          f"GNP/standard = {gnp['step_s'] / std['step_s']:.3f}x", flush=True)
+def report(title, result):
+    print(title, flush=True)
+    for name, r in result.items():
+        memory = f", peak {r['peak_memory_gib']:.2f} GiB" if "peak_memory_gib" in r else ""
+        print(f"  {name:16s} {r['step_s'] * 1e3:8.1f} ms/step (median {r['median_s'] * 1e3:.1f}), "
+              f"{r['img_s']:8.0f} img/s, {r['ratio_to_standard']:.3f}x standard, "
+              f"{r['allreduces_per_step']:.2f} all-reduces/step{memory}", flush=True)
 
 
 def main():
@@ -101,20 +136,35 @@ def main():
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--amp", choices=["none", "bf16"], default="none")
     p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--no-ddp", action="store_true", help="skip the 2-worker gloo run")
+    p.add_argument("--compile", choices=["off", "on", "both"], default="off", help="torch.compile the model")
+    p.add_argument("--no-ddp", action="store_true", help="skip the 2-worker gloo run (CPU)")
+    p.add_argument("--json", help="folder to write the figures to as JSON")
     args = p.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cpu":
         torch.set_num_threads(1)  # one core per process, as the 2 DDP workers get
-    where = torch.cuda.get_device_name() if device.type == "cuda" else "CPU, 1 thread"
-    report(f"{args.model} {args.size}px batch {args.batch}, 1 process ({where})", measure(args, device),
-           args.batch)
-    if not args.no_ddp:
+    where = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({platform.processor() or 'x86'}), 1 thread"
+    shape = f"{args.model} {args.size}px batch {args.batch} amp={args.amp} channels_last={args.channels_last}"
+    figures = dict(device=where, torch=torch.__version__, date=datetime.date.today().isoformat(),
+                   args=vars(args), runs={})
+    for compiled in {"off": [False], "on": [True], "both": [False, True]}[args.compile]:
+        args.compiled = compiled
+        key = f"1 process{', compiled' if compiled else ''}"
+        figures["runs"][key] = measure(args, device)
+        report(f"{shape}, {key} ({where})", figures["runs"][key])
+    if not args.no_ddp and device.type == "cpu":
+        args.compiled = False
         with tempfile.TemporaryDirectory() as tmp:
             out = f"{tmp}/result.pt"
             mp.spawn(ddp_worker, args=(2, f"{tmp}/init", args, out), nprocs=2)
-            report(f"{args.model} {args.size}px batch {args.batch}, 2 gloo DDP workers (CPU, 1 thread each)",
-                   torch.load(out, weights_only=True), args.batch)
+            figures["runs"]["2 gloo DDP workers"] = torch.load(out, weights_only=True)
+            report(f"{shape}, 2 gloo DDP workers (CPU, 1 thread each)", figures["runs"]["2 gloo DDP workers"])
+    if args.json:
+        name = re.sub(r"[^A-Za-z0-9]+", "-", where).strip("-").lower()
+        path = Path(args.json) / f"step_ratio-{name}-{figures['date']}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(figures, indent=1))
+        print(f"wrote {path}", flush=True)
 
 
 if __name__ == "__main__":

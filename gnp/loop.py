@@ -142,6 +142,7 @@ class Run:
     def __init__(self, cfg: TrainConfig, device: torch.device | None = None):
         self.cfg = cfg
         self.rank, self.world, local_rank = distributed_context()
+        root = data_root(cfg)
         ranks_for(cfg, self.world)
         self.device = device or resolve_device(cfg, local_rank)
         if cfg.threads:
@@ -150,7 +151,7 @@ class Run:
         torch.backends.cudnn.benchmark = cuda
         seed_everything(cfg.seed)  # the same initial weights on every rank
         self.train_loader, self.val_loader, num_classes = build_loaders(
-            data_root(cfg), image_size=cfg.image_size, augmentation=cfg.augmentation,
+            root, image_size=cfg.image_size, augmentation=cfg.augmentation,
             batch_size=cfg.batch_size // self.world, workers=cfg.loader_workers, rank=self.rank,
             world=self.world, seed=cfg.seed, pin_memory=cuda,
         )

@@ -201,7 +201,7 @@ class GNP(torch.optim.Optimizer):
             a, b = self.mix_weights(self, g1_norm)
             torch._foreach_mul_(g1, scale * (a / b))
             self._add_l2(params, g1, scale)
-            with self._running_stats_frozen(), self._replayed_rng(rng), torch.enable_grad():
+            with self._running_stats_kept(), self._replayed_rng(rng), torch.enable_grad():
                 closure()  # g2 = ∇L(θ'), added onto the pre-loaded g1 and all-reduced once
             torch._foreach_mul_([p.grad for p in params], b)  # g = a·g1 + b·g2
         finally:
@@ -325,17 +325,19 @@ class GNP(torch.optim.Optimizer):
                 torch.cuda.set_rng_state(state, d)
 
     @contextlib.contextmanager
-    def _running_stats_frozen(self):
-        """BatchNorm normalizes with batch statistics in the second pass but leaves its running ones."""
+    def _running_stats_kept(self):
+        """BatchNorm normalizes with batch statistics in the second pass; its running statistics are put
+        back afterwards. A copy, not a flag flipped on the modules: a compiled model sees no attribute
+        change, so the second pass reuses the first pass's graph instead of recompiling."""
         modules = [] if self.model is None else self.model.modules()
-        frozen = [m for m in modules if isinstance(m, _BatchNorm) and m.track_running_stats]
-        for m in frozen:
-            m.track_running_stats = False
+        buffers = [b for m in modules if isinstance(m, _BatchNorm) and m.track_running_stats
+                   for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
+        saved = torch._foreach_mul(buffers, 1) if buffers else []
         try:
             yield
         finally:
-            for m in frozen:
-                m.track_running_stats = True
+            if buffers:
+                torch._foreach_copy_(buffers, saved)
 
     @staticmethod
     def _all_reduce_mean(grads):

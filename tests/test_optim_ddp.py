@@ -1,44 +1,41 @@
-"""Two gloo processes: the DDP step equals the per-rank computation by hand, with one all-reduce per step."""
+"""Two gloo processes: DDP steps equal the per-rank computation by hand, with one all-reduce per step."""
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from test_optim import LR, batch, closure_for, flat_norm, loss_of, mlp
-from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
-from torch.func import grad
+import torch.nn.functional as F
+from test_optim import LR, batch, bn_model, closure_for, flat_norm, loss_of, mlp
+from torch.func import functional_call, grad
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from gnp.optim import GNP
 
-WORLD, ALPHA, R = 2, 0.3, 0.05
+WORLD, ALPHA, R, STEPS, L2, MOMENTUM = 2, 0.3, 0.05, 3, 1e-2, 0.9
 pytestmark = pytest.mark.ddp
 
 
-def counting_allreduce(counter, bucket):
-    counter["allreduces"] += 1
-    return default_hooks.allreduce_hook(None, bucket)
-
-
-def worker(rank, init_file, out_file, variant, sync):
+def worker(rank, init_file, out_file, variant, sync, build, steps, kw):
     torch.set_default_dtype(torch.float64)
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
-    model = DDP(mlp())
-    counter = {"allreduces": 0}
-    model.register_comm_hook(counter, counting_allreduce)
+    model = DDP({"mlp": mlp, "bn": bn_model}[build]())
     alpha = 0.0 if variant == "standard" else ALPHA
-    opt = GNP(model.parameters(), alpha=alpha, r=R, variant=variant, lr=LR, model=model, sync_perturbation=sync)
-    opt.step(closure_for(model, *batch(seed=100 + rank)))
+    opt = GNP(model, alpha=alpha, r=R, variant=variant, lr=LR, sync_perturbation=sync, **kw)
+    for step in range(steps):
+        opt.step(closure_for(model, *batch(seed=100 + 10 * step + rank)))
     if rank == 0:
-        torch.save({"params": [p.detach() for p in model.module.parameters()], **counter}, out_file)
+        torch.save({"params": [p.detach() for p in model.module.parameters()],
+                    "buffers": [b.detach() for b in model.module.buffers()], "allreduces": opt.all_reduces},
+                   out_file)
     dist.barrier()
     dist.destroy_process_group()
 
 
-def run_ddp(tmp_path, variant, sync=False):
-    out = tmp_path / f"{variant}-{sync}.pt"
-    mp.spawn(worker, args=(str(tmp_path / f"init-{variant}-{sync}"), str(out), variant, sync), nprocs=WORLD)
+def run_ddp(tmp_path, variant, sync=False, build="mlp", steps=1, **kw):
+    out = tmp_path / f"{variant}-{sync}-{build}.pt"
+    init = str(tmp_path / f"init-{variant}-{sync}-{build}")
+    mp.spawn(worker, args=(init, str(out), variant, sync, build, steps, kw), nprocs=WORLD)
     return torch.load(out, weights_only=True)
 
 
@@ -67,6 +64,40 @@ def test_ddp_step_equals_the_computation_by_hand(tmp_path, sync):
 
 
 def test_gnp_step_does_one_allreduce_like_standard_training(tmp_path):
-    standard, gnp = run_ddp(tmp_path, "standard"), run_ddp(tmp_path, "gnp")
-    assert standard["allreduces"] == 1  # this small model fits one DDP bucket
+    standard, gnp = run_ddp(tmp_path, "standard", steps=2), run_ddp(tmp_path, "gnp", steps=2)
+    assert standard["allreduces"] == 2  # this small model fits one DDP bucket: one per step
     assert gnp["allreduces"] == standard["allreduces"]
+
+
+def test_several_ddp_steps_with_momentum_l2_and_batchnorm_equal_the_computation_by_hand(tmp_path):
+    """Per rank: g1 and g2 with the rank's own BatchNorm batch statistics and L2; the mean over ranks into
+    Nesterov SGD for 3 steps; BatchNorm running statistics from rank 0's first passes only."""
+    ours = run_ddp(tmp_path, "gnp", build="bn", steps=STEPS, weight_decay=L2, momentum=MOMENTUM, nesterov=True)
+    model = bn_model()
+    theta = {k: v.detach().clone() for k, v in model.named_parameters()}
+    running = {k: v.detach().clone() for k, v in model.named_buffers()}
+    momentum = None
+    for step in range(STEPS):
+        g = {k: 0 for k in theta}
+        for rank in range(WORLD):
+            x, y = batch(seed=100 + 10 * step + rank)
+
+            def f(params, x=x, y=y):
+                out = functional_call(model, {**params, **{k: v.clone() for k, v in running.items()}}, (x,))
+                return F.cross_entropy(out, y) + 0.5 * L2 * sum((p**2).sum() for p in params.values())
+
+            g1 = grad(f)(theta)
+            g2 = grad(f)({k: theta[k] + R * g1[k] / flat_norm(g1) for k in theta})
+            for k in theta:
+                g[k] = g[k] + ((1 - ALPHA) * g1[k] + ALPHA * g2[k]) / WORLD
+            if rank == 0:  # BatchNorm's running statistics: rank 0's first pass at θ (DDP broadcasts them)
+                h = functional_call(model[0], {"weight": theta["0.weight"], "bias": theta["0.bias"]}, (x,))
+                running["1.running_mean"] = 0.9 * running["1.running_mean"] + 0.1 * h.mean(0)
+                running["1.running_var"] = 0.9 * running["1.running_var"] + 0.1 * h.var(0, unbiased=True)
+                running["1.num_batches_tracked"] = running["1.num_batches_tracked"] + 1
+        momentum = g if momentum is None else {k: MOMENTUM * momentum[k] + g[k] for k in theta}
+        theta = {k: theta[k] - LR * (g[k] + MOMENTUM * momentum[k]) for k in theta}
+    for got, expected in zip(ours["params"], theta.values(), strict=True):
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+    for got, expected in zip(ours["buffers"], running.values(), strict=True):
+        torch.testing.assert_close(got, expected.to(got.dtype), rtol=0, atol=1e-12)
