@@ -1,10 +1,13 @@
-# Cluster targets: thin wrappers over `ray up`, `ray job submit` and `ray down` (included by the Makefile).
+# Cluster targets: thin wrappers over docker, `ray up`, `ray job submit`, `ray down` and kubectl (included by
+# the Makefile).
 #
-#   make cluster-up BUCKET=my-bucket        # render + check cluster/aws-gpu.yaml, then ray up
-#   make cluster-dashboard                  # second terminal: SSH tunnel, Jobs API on 127.0.0.1:8265 only
-#   make cluster-submit BUCKET=my-bucket    # the ResNet-50 grid (cluster/README.md)
+#   make cluster-image REGISTRY=<registry>             # the nodes' image, tagged <ray>-py311-gpu-<commit>
+#   make cluster-up BUCKET=<bucket> REGISTRY=<registry> SSH_CIDR=<your ip>/32
+#   make cluster-dashboard                             # second terminal: SSH tunnel, Jobs API on 127.0.0.1:8265
+#   make cluster-submit BUCKET=<bucket>                # the ResNet-50 grid (cluster/README.md)
 #   make cluster-logs JOB=<submission id>
 #   make cluster-down
+#   make kuberay-render kuberay-up BUCKET=<bucket> REGISTRY=<registry>; make kuberay-logs
 #
 # Every `ray` command here runs with RAY_AUTH_MODE=token: the token is ~/.ray/auth_token, made on the first
 # cluster-up and copied to every node by the config's file_mounts. The Jobs API is only ever reached through
@@ -20,17 +23,23 @@ RAY := RAY_AUTH_MODE=token $(VENV)/bin/ray
 CLUSTER ?= cluster/aws-gpu.yaml
 CLUSTER_BUILD ?= build/cluster
 CLUSTER_CONFIG = $(CLUSTER_BUILD)/$(notdir $(CLUSTER))
+CLUSTER_POLICIES = $(CLUSTER_BUILD)/aws-head-policy.json $(CLUSTER_BUILD)/aws-worker-policy.json
 CLUSTER_REGION ?= us-west-2
 # Empty: the current Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04) of CLUSTER_REGION, from its
 # public SSM parameter (needs the AWS CLI). Set CLUSTER_AMI=ami-... to pin one.
 CLUSTER_AMI ?=
 DLAMI_PARAMETER ?= /aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-22.04/latest/ami-id
 BUCKET ?=
+# Where the image goes: an ECR registry host (123456789012.dkr.ecr.us-west-2.amazonaws.com), repository gnp-ray.
+REGISTRY ?=
+# The only CIDR SSH (22) is open to on AWS, e.g. SSH_CIDR=$$(curl -s https://checkip.amazonaws.com)/32
+SSH_CIDR ?=
 CLUSTER_ADDRESS ?= http://127.0.0.1:8265
 CLUSTER_EXPERIMENT ?= resnet50-paper
 # The paper's ResNet-50 grid: 3 seeds x alpha in {0, 0.2, 0.3, 1} (standard, GNP, GNP, SAM), r = 0.05, one
 # 8-GPU node per trial. --no-resource-check: the cluster autoscales, so the grid must not size itself on
-# the GPUs that happen to be up when it is submitted (Ray queues the trials that do not fit yet).
+# the GPUs that happen to be up when it is submitted (Ray queues the trials that do not fit yet). No
+# precision flags: the ImageNet recipes choose bf16 + channels_last on CUDA themselves.
 CLUSTER_GRID ?= --recipe imagenet-resnet50 --data /mnt/imagenet --seeds 0,1,2 --alpha 0,0.2,0.3,1 --r 0.05 \
 	--workers 8 --gpus-per-worker 1 --cpus-per-worker 10 --experiment $(CLUSTER_EXPERIMENT) \
 	--results s3://$(BUCKET)/gnp-results --storage s3://$(BUCKET)/gnp-ray-storage --no-resource-check
@@ -38,44 +47,82 @@ JOB ?=
 # The job's code: this working tree, without the environment, results and version control.
 CLUSTER_RUNTIME_ENV = {"working_dir": ".", "excludes": [".venv", ".git", "build", "results", "runs", "data", "out"]}
 
-KUBERAY_MANIFESTS ?= cluster/kuberay-raycluster.yaml cluster/kuberay-rayjob.yaml
-REGISTRY ?=
-KUBERAY_IMAGE = $(REGISTRY)/gnp-ray:$(shell sed -n 's/^ARG RAY_IMAGE=rayproject\/ray://p' cluster/Dockerfile)
+# The image: the base image's tag (the Ray inside) plus the commit (the code inside).
+COMMIT ?= $(shell git rev-parse --short=12 HEAD 2>/dev/null)
+IMAGE_TAG = $(shell sed -n 's/^ARG RAY_IMAGE=rayproject\/ray://p' cluster/Dockerfile)-$(COMMIT)
+IMAGE = $(REGISTRY)/gnp-ray:$(IMAGE_TAG)
+# What the image is built from: building with changes here that are not committed would give the commit's
+# tag to other code.
+IMAGE_SOURCES = constraints.txt pyproject.toml README.md gnp jobs analysis cluster/Dockerfile \
+	cluster/Dockerfile.dockerignore cluster/imagenet_shards.py
 
-.PHONY: cluster-render cluster-check cluster-up cluster-dashboard cluster-submit cluster-logs cluster-status \
-	cluster-down cluster-args kuberay-render kuberay-image
+KUBERAY_MANIFESTS ?= cluster/kuberay-raycluster.yaml cluster/kuberay-rayjob.yaml
+KUBERAY_PREREQS ?= cluster/kuberay-prereqs.yaml
+RAYJOB ?= gnp-resnet50-paper
+RENDER = sed -e 's|__BUCKET__|$(BUCKET)|g' -e 's|__REGISTRY__|$(REGISTRY)|g' -e 's|__COMMIT__|$(COMMIT)|g' \
+	-e 's|__REGION__|$(CLUSTER_REGION)|g' -e 's|__SSH_CIDR__|$(SSH_CIDR)|g'
+
+.PHONY: cluster-image kuberay-image cluster-image-name cluster-render cluster-check cluster-up cluster-dashboard cluster-submit \
+	cluster-logs cluster-status cluster-down cluster-args kuberay-render kuberay-preflight kuberay-up kuberay-logs
 
 define cluster_need
 @test -n "$($(1))" || { echo "error: set $(1)=... ($(2))" >&2; exit 2; }
 endef
 
-# build/cluster/aws-gpu.yaml: the template with the bucket, region and AMI filled in.
+# ---- the image (AWS and KubeRay) ----
+
+cluster-image:
+	$(call cluster_need,REGISTRY,an image registry you can push to; ECR: 123456789012.dkr.ecr.us-west-2.amazonaws.com)
+	$(call cluster_need,COMMIT,a git checkout: the image is tagged by commit)
+	@test -z "$$(git status --porcelain -- $(IMAGE_SOURCES))" || { git status --short -- $(IMAGE_SOURCES) >&2; \
+	  echo "error: commit these first: the image $(IMAGE) must hold commit $(COMMIT)" >&2; exit 2; }
+	@case "$(REGISTRY)" in *.dkr.ecr.*) r="$(REGISTRY)"; region=$$(echo "$$r" | cut -d. -f4); \
+	  aws ecr describe-repositories --region $$region --repository-names gnp-ray >/dev/null 2>&1 \
+	    || aws ecr create-repository --region $$region --repository-name gnp-ray >/dev/null; \
+	  aws ecr get-login-password --region $$region | docker login --username AWS --password-stdin "$${r%%/*}";; esac
+	docker build -f cluster/Dockerfile --build-arg COMMIT=$(COMMIT) -t $(IMAGE) .
+	docker push $(IMAGE)
+
+kuberay-image: cluster-image
+
+# The image the rendered configs name (what the nodes will pull).
+cluster-image-name:
+	@echo $(IMAGE)
+
+# ---- AWS: the Ray cluster launcher ----
+
+# build/cluster/aws-gpu.yaml (+ the IAM policies): the templates with bucket, registry, commit, region, AMI and
+# SSH CIDR filled in; __SECURITY_GROUP__ is left for cluster/aws_setup.py (cluster-up), which creates the group.
 cluster-render:
-	$(call cluster_need,BUCKET,the S3 bucket with imagenet/ and for the results)
+	$(call cluster_need,BUCKET,the S3 bucket with imagenet-shards/ and for the results)
+	$(call cluster_need,REGISTRY,where make cluster-image pushed the image)
+	$(call cluster_need,SSH_CIDR,the only addresses SSH may come from; e.g. your address /32)
 	@mkdir -p $(CLUSTER_BUILD)
 	@ami="$(CLUSTER_AMI)"; \
 	if [ -z "$$ami" ]; then \
 	  ami=$$(aws ssm get-parameter --region $(CLUSTER_REGION) --name $(DLAMI_PARAMETER) \
 	         --query Parameter.Value --output text) || { echo "error: AMI lookup failed; set CLUSTER_AMI=ami-..." >&2; exit 1; }; \
 	fi; \
-	sed -e 's|__BUCKET__|$(BUCKET)|g' -e 's|__REGION__|$(CLUSTER_REGION)|g' -e "s|__AMI__|$$ami|g" \
-	  $(CLUSTER) > $(CLUSTER_CONFIG).tmp && mv $(CLUSTER_CONFIG).tmp $(CLUSTER_CONFIG)
-	@! grep -n '__[A-Z]*__' $(CLUSTER_CONFIG) || { echo "error: unfilled placeholder in $(CLUSTER_CONFIG)" >&2; exit 1; }
-	@echo "wrote $(CLUSTER_CONFIG)"
+	$(RENDER) -e "s|__AMI__|$$ami|g" $(CLUSTER) > $(CLUSTER_CONFIG).tmp && mv $(CLUSTER_CONFIG).tmp $(CLUSTER_CONFIG)
+	@for f in cluster/aws-head-policy.json cluster/aws-worker-policy.json; do \
+	  $(RENDER) $$f > $(CLUSTER_BUILD)/$$(basename $$f) || exit 1; done
+	@! grep -n '__[A-Z_]*__' $(CLUSTER_CONFIG) $(CLUSTER_POLICIES) | grep -v __SECURITY_GROUP__ \
+	  || { echo "error: unfilled placeholder in $(CLUSTER_BUILD)" >&2; exit 1; }
+	@echo "wrote $(CLUSTER_CONFIG) $(CLUSTER_POLICIES)"
 
 cluster-check: $(VENV)/.installed
-	$(PY) cluster/check.py $(CLUSTER_CONFIG)
+	$(PY) cluster/check.py $(CLUSTER_CONFIG) $(CLUSTER_POLICIES) cluster/Dockerfile
 
+# ray up runs autoscaler v2 (RAY_UP_enable_autoscaler_v2=1, said explicitly; Ray's default since 2.50): the
+# config's RAY_AUTOSCALER_RECONCILE_RAY_INSTALL_STATUS_TIMEOUT_S is one of its settings.
 cluster-up: $(VENV)/.installed cluster-render
-	$(PY) cluster/check.py $(CLUSTER_CONFIG)
+	$(PY) cluster/check.py $(CLUSTER_CONFIG) $(CLUSTER_POLICIES) cluster/Dockerfile
 	@$(PY) -c "import boto3" 2>/dev/null || $(PY) -m pip install --quiet boto3  # ray up talks to EC2 through boto3
+	$(PY) cluster/aws_setup.py $(CLUSTER_CONFIG) $(CLUSTER_POLICIES)
+	$(PY) cluster/check.py $(CLUSTER_CONFIG)
 	@test -s $$HOME/.ray/auth_token || $(RAY) get-auth-token --generate >/dev/null
 	@chmod 600 $$HOME/.ray/auth_token
-	$(RAY) up -y $(CLUSTER_CONFIG)
-	@# The autoscaler on the head launches the GPU nodes with the head's own instance profile (S3 access), which
-	@# EC2 allows only with iam:PassRole on that role; Ray's default role (created by the first ray up) lacks it.
-	aws iam put-role-policy --role-name ray-autoscaler-v1 --policy-name gnp-ray-pass-role \
-	  --policy-document file://cluster/aws-pass-role.json
+	RAY_UP_enable_autoscaler_v2=1 $(RAY) up -y $(CLUSTER_CONFIG)
 
 cluster-dashboard: $(VENV)/.installed
 	@test -f $(CLUSTER_CONFIG) || { echo "error: no $(CLUSTER_CONFIG); run make cluster-up first" >&2; exit 2; }
@@ -104,20 +151,41 @@ cluster-down: $(VENV)/.installed
 cluster-args:
 	@echo python -m jobs.grid $(CLUSTER_GRID)
 
-# Kubernetes: the manifests with the bucket and the image registry filled in, and the image they run.
+# ---- Kubernetes: KubeRay ----
+
 kuberay-render:
-	$(call cluster_need,BUCKET,the S3 bucket with imagenet/)
-	$(call cluster_need,REGISTRY,where kuberay-image pushed the image: 123456789012.dkr.ecr.us-west-2.amazonaws.com for example)
+	$(call cluster_need,BUCKET,the S3 bucket with imagenet-shards/)
+	$(call cluster_need,REGISTRY,where make cluster-image pushed the image)
+	$(call cluster_need,COMMIT,a git checkout: the image is tagged by commit)
 	@mkdir -p $(CLUSTER_BUILD)
 	@for f in $(KUBERAY_MANIFESTS); do \
-	  sed -e 's|__BUCKET__|$(BUCKET)|g' -e 's|__REGISTRY__|$(REGISTRY)|g' $$f > $(CLUSTER_BUILD)/$$(basename $$f) || exit 1; \
-	  ! grep -n '__[A-Z]*__' $(CLUSTER_BUILD)/$$(basename $$f) || exit 1; \
+	  $(RENDER) $$f > $(CLUSTER_BUILD)/$$(basename $$f) || exit 1; \
+	  ! grep -n '__[A-Z_]*__' $(CLUSTER_BUILD)/$$(basename $$f) || exit 1; \
 	  echo "wrote $(CLUSTER_BUILD)/$$(basename $$f)"; \
 	done
 
-kuberay-image:
-	$(call cluster_need,REGISTRY,an image registry you can push to)
-	docker build -f cluster/Dockerfile -t $(KUBERAY_IMAGE) .
-	docker push $(KUBERAY_IMAGE)
+# Before applying: the operator is KubeRay >= 1.6 (an older one drops authOptions.secretName), its CRDs drop
+# no field of the manifests, and the manifests pass cluster/check.py with the NetworkPolicy of the prereqs.
+kuberay-preflight: $(VENV)/.installed
+	@test -f $(CLUSTER_BUILD)/kuberay-rayjob.yaml || { echo "error: run make kuberay-render first" >&2; exit 2; }
+	kubectl get pods -A -l app.kubernetes.io/component=kuberay-operator -o yaml > $(CLUSTER_BUILD)/kuberay-operator.yaml
+	kubectl get crd rayclusters.ray.io rayjobs.ray.io -o yaml > $(CLUSTER_BUILD)/kuberay-crds.yaml
+	$(PY) cluster/check.py --kuberay-operator $(CLUSTER_BUILD)/kuberay-operator.yaml \
+	  --crds $(CLUSTER_BUILD)/kuberay-crds.yaml $(KUBERAY_PREREQS) \
+	  $(addprefix $(CLUSTER_BUILD)/,$(notdir $(KUBERAY_MANIFESTS))) cluster/Dockerfile
+
+# The prereqs (idempotent), then the RayJob; --validate=strict makes the API server refuse unknown fields.
+kuberay-up: kuberay-preflight
+	kubectl apply --validate=strict -f $(KUBERAY_PREREQS)
+	kubectl create --validate=strict -f $(CLUSTER_BUILD)/kuberay-rayjob.yaml
+
+# Follow the grid's log: the job driver's log file on the head (the RayJob runs in HTTPMode, so nothing else
+# follows it). If the stream drops, run it again: the job does not notice.
+kuberay-logs:
+	@job=$$(kubectl get rayjob $(RAYJOB) -o jsonpath='{.status.jobId}'); \
+	cluster=$$(kubectl get rayjob $(RAYJOB) -o jsonpath='{.status.rayClusterName}'); \
+	head=$$(kubectl get pod -l ray.io/cluster=$$cluster,ray.io/node-type=head -o name | head -1); \
+	test -n "$$job" -a -n "$$head" || { echo "error: RayJob $(RAYJOB) has no job or head pod yet" >&2; exit 2; }; \
+	kubectl exec $$head -c ray-head -- tail -n +1 -F /tmp/ray/session_latest/logs/job-driver-$$job.log
 
 .DEFAULT_GOAL := $(_CLUSTER_MK_DEFAULT_GOAL)

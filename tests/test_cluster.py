@@ -1,5 +1,6 @@
-"""The cluster configs in cluster/: Ray accepts them, they pin the Ray of pyproject.toml, they submit a module
-and recipe that exist, and they never open Ray to strangers (cluster/check.py, tested here on bad configs).
+"""The cluster configs in cluster/: Ray accepts them, they pin the Ray of constraints.txt, they submit a module
+and recipe that exist, they never open Ray to strangers, and they hold up for a grid that runs for days
+(cluster/check.py, tested here on bad variants of the real configs: each rule refuses one).
 
 Offline and fast: no cloud account, no Kubernetes, no Ray cluster.
 """
@@ -27,19 +28,26 @@ RAYCLUSTER = CLUSTER / "kuberay-raycluster.yaml"
 RAYJOB = CLUSTER / "kuberay-rayjob.yaml"
 PREREQS = CLUSTER / "kuberay-prereqs.yaml"
 KUBERAY = [RAYCLUSTER, RAYJOB]
+POLICIES = [CLUSTER / "aws-head-policy.json", CLUSTER / "aws-worker-policy.json"]
+DOCKERFILE = CLUSTER / "Dockerfile"
+COMMIT = "0123456789ab"
 FILL = {"__BUCKET__": "test-bucket", "__REGION__": "us-west-2", "__AMI__": "ami-0123456789abcdef0",
-        "__REGISTRY__": "registry.example/team"}
-PLACEHOLDER = re.compile(r"__[A-Z]+__")
+        "__REGISTRY__": "registry.example/team", "__COMMIT__": COMMIT, "__SSH_CIDR__": "203.0.113.7/32",
+        "__SECURITY_GROUP__": "sg-0123456789abcdef0"}
+PLACEHOLDER = re.compile(r"__[A-Z_]+__")
+MAKE_FILL = ["BUCKET=test-bucket", "CLUSTER_AMI=ami-0123456789abcdef0", "REGISTRY=registry.example/team",
+             f"COMMIT={COMMIT}", "SSH_CIDR=203.0.113.7/32"]
 
 
-def _load_checker():
-    spec = importlib.util.spec_from_file_location("cluster_check", CLUSTER / "check.py")
+def _load(name: str, file: str):
+    spec = importlib.util.spec_from_file_location(name, CLUSTER / file)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-check = _load_checker()
+check = _load("cluster_check", "check.py")
+aws_setup = _load("cluster_aws_setup", "aws_setup.py")
 
 
 def docs(path: Path) -> list:
@@ -77,11 +85,10 @@ def pyproject() -> dict:
 
 
 def ray_pin() -> str:
-    for dep in pyproject()["project"]["dependencies"]:
-        match = re.fullmatch(r"ray(\[[^\]]*\])?==([0-9][\w.]*)", dep.replace(" ", ""))
-        if match:
-            return match.group(2)
-    raise AssertionError("pyproject.toml pins no ray==X")
+    """The tested Ray: constraints.txt pins it (pyproject.toml declares only a range)."""
+    match = re.search(r"^ray==([0-9][\w.]*)\s*$", (ROOT / "constraints.txt").read_text(), re.M)
+    assert match, "constraints.txt pins no ray==X"
+    return match.group(1)
 
 
 def image_tag(image: str) -> str:
@@ -128,30 +135,46 @@ def test_launcher_head_trains_nothing_and_workers_have_8_gpus():
     config = docs(AWS)[0]
     types = config["available_node_types"]
     head = types[config["head_node_type"]]
-    assert head["resources"] == {"CPU": 0}
+    assert head["resources"] == {"CPU": 0, "trial_driver": 100}
     gpu_types = {name: t for name, t in types.items() if t["resources"].get("GPU")}
     assert gpu_types, "no GPU node type"
     for t in gpu_types.values():
         assert t["resources"]["GPU"] == 8
         assert t["node_config"]["InstanceType"] in ("p4d.24xlarge", "p5.48xlarge")
-        assert "IamInstanceProfile" in t["node_config"]  # S3 for ImageNet, checkpoints and results
-        assert any("aws s3 sync" in c and "/opt/dlami/nvme/imagenet" in c for c in t["initialization_commands"])
+        assert t["node_config"]["IamInstanceProfile"]["Name"] == "gnp-ray-worker"
+        assert any("/opt/dlami/nvme/imagenet" in c for c in t["initialization_commands"])
+    assert head["node_config"]["IamInstanceProfile"]["Name"] == "gnp-ray-head"
     assert sum(t.get("max_workers", 0) for t in gpu_types.values()) >= 1
     assert config["max_workers"] >= max(t.get("max_workers", 0) for t in gpu_types.values())
     options = " ".join(config["docker"]["worker_run_options"])
     assert "/opt/dlami/nvme/imagenet:/mnt/imagenet" in options and "--gpus all" in options
+    (stage,) = config["worker_setup_commands"]  # GPU nodes only: the head is no worker
+    assert shlex.split(stage)[:3] == ["python", "/home/ray/gnp-ray/cluster/imagenet_shards.py", "stage"]
+    assert "s3://__BUCKET__/imagenet-shards /mnt/imagenet" in stage
 
 
-def test_launcher_installs_the_project_from_its_pins():
+def project_image() -> str:
+    return f"__REGISTRY__/gnp-ray:{image_tag(base_image())}-__COMMIT__"
+
+
+def base_image() -> str:
+    return re.search(r"^ARG RAY_IMAGE=(\S+)", DOCKERFILE.read_text(), re.M).group(1)
+
+
+def test_every_node_runs_the_one_project_image_and_installs_nothing():
+    """AWS and KubeRay run the image of cluster/Dockerfile, tagged by commit; no node pip-installs anything."""
     config = docs(AWS)[0]
-    assert config["file_mounts"]["~/gnp-ray"] == "."
-    assert any(re.search(r"pip install .*-e ~/gnp-ray", c) for c in config["setup_commands"])
-    for excluded in ("/.venv", "/.git", "/results"):
-        assert excluded in config["rsync_exclude"]
-    commands = [c for k, v in config.items() if k.endswith("commands") for c in v]
-    commands += [c for t in config["available_node_types"].values() for c in t.get("initialization_commands", [])]
-    for command in commands:  # versions live in pyproject.toml only
-        assert not re.search(r"\b(torch|torchvision|ray)(\[[^\]]*\])?[=<>~]=", command), command
+    assert config["docker"]["image"] == project_image()
+    assert not {"head_image", "worker_image"} & set(config["docker"])
+    for spec in (s for path in KUBERAY for s in cluster_specs(path)):
+        templates = [spec["headGroupSpec"]["template"]] + [g["template"] for g in spec["workerGroupSpecs"]]
+        for pod in (t["spec"] for t in templates):
+            for container in pod["containers"][:1] + pod.get("initContainers", []):
+                assert container["image"] == project_image(), container["name"]
+                assert container["imagePullPolicy"] == "IfNotPresent"
+    commands = [c for _, c in check.launcher_commands(config)]
+    assert not [c for c in commands if re.search(r"\bpip3? install\b", c)]
+    assert set(config["file_mounts"]) == {"~/.ray/auth_token"}  # the code is in the image
 
 
 def test_token_reaches_every_node_without_being_written_down():
@@ -164,37 +187,37 @@ def test_token_reaches_every_node_without_being_written_down():
 # ---- one Ray version everywhere ----------------------------------------------------------------------------
 
 
-def test_every_image_and_ray_version_matches_the_pyproject_pin():
+def test_every_image_and_ray_version_matches_the_constraints_pin():
     pin = ray_pin()
     import ray
 
     assert ray.__version__ == pin  # the environment the tests run in
-    docker = docs(AWS)[0]["docker"]
-    images = [docker[k] for k in ("image", "head_image", "worker_image") if k in docker]
-    images += [t["docker"]["worker_image"] for t in docs(AWS)[0]["available_node_types"].values()
-               if "worker_image" in t.get("docker", {})]
-    assert images
-    for image in images:
-        assert image.startswith("rayproject/ray:")
-        assert image_tag(image) == pin or image_tag(image).startswith(pin + "-"), image
+    base = base_image()
+    assert base.startswith("rayproject/ray:") and image_tag(base).startswith(pin + "-")
+    assert image_tag(project_image()).startswith(pin + "-")  # the project image is named after its base
     for path in KUBERAY:
         specs = cluster_specs(path)
         assert specs
         for spec in specs:
             assert spec["rayVersion"] == pin, path.name
-            for container in ray_containers(spec):
-                assert image_tag(container["image"]).startswith(pin + "-"), (path.name, container["image"])
-    base = re.search(r"^ARG RAY_IMAGE=(\S+)", (CLUSTER / "Dockerfile").read_text(), re.M).group(1)
-    assert base.startswith("rayproject/ray:") and image_tag(base).startswith(pin + "-")
-    kuberay_tag = image_tag(ray_containers(cluster_specs(RAYJOB)[0])[0]["image"])
-    assert kuberay_tag == image_tag(base)  # the project image is named after the Ray image it is built on
+
+
+def test_the_image_installs_exactly_the_tested_versions():
+    text = DOCKERFILE.read_text()
+    assert re.search(r"^COPY .*\bconstraints\.txt\b", text, re.M)
+    assert re.search(r"pip install .*-c constraints\.txt \.", text)
+    assert "cluster/imagenet_shards.py" in text  # the stager the nodes run
+    assert check.file_problems(DOCKERFILE) == []
+    ignore = (CLUSTER / "Dockerfile.dockerignore").read_text()
+    for needed in ("constraints.txt", "pyproject.toml", "gnp/", "jobs/", "analysis/", "cluster/imagenet_shards.py"):
+        assert f"!{needed}" in ignore, needed
 
 
 def test_image_python_is_one_the_project_supports():
     from packaging.specifiers import SpecifierSet
 
     supported = SpecifierSet(pyproject()["project"]["requires-python"])
-    text = "\n".join(p.read_text() for p in [AWS, *KUBERAY, CLUSTER / "Dockerfile"])
+    text = "\n".join(p.read_text() for p in [AWS, *KUBERAY, DOCKERFILE])
     tags = set(re.findall(r"-py(3)(\d+)\b", text))
     assert tags
     for major, minor in tags:
@@ -243,6 +266,8 @@ def test_rayjob_runs_the_grid_and_shuts_the_cluster_down():
     assert spec["shutdownAfterJobFinishes"] is True
     assert spec["ttlSecondsAfterFinished"] > 0
     assert "--recipe imagenet-resnet50" in spec["entrypoint"]
+    assert spec["submissionMode"] == "HTTPMode" and spec["backoffLimit"] >= 1
+    assert spec["activeDeadlineSeconds"] >= 3 * 24 * 3600  # a grid that runs for days
 
 
 def entrypoints() -> dict[str, list[str]]:
@@ -271,6 +296,17 @@ def test_entrypoints_name_a_module_parser_and_recipe_that_exist():
         assert recipe.batch_size % args.workers == 0, name
 
 
+def test_no_entrypoint_passes_precision_flags():
+    """The ImageNet recipes choose bf16 + channels_last on CUDA; cluster/check.py refuses --amp/--channels-last."""
+    for name, argv in entrypoints().items():
+        assert check.command_line_problems(shlex.join(argv), name) == []
+        args = importlib.import_module(argv[2]).build_parser().parse_args(argv[3:])
+        assert args.amp is None and args.channels_last is None, name
+    for flag in ("--amp bf16", "--amp=bf16", "--channels-last"):
+        problems = check.command_line_problems(f"python -m jobs.grid --recipe x {flag}", "entrypoint")
+        assert len(problems) == 1 and flag.split("=")[0].split()[0] in problems[0]
+
+
 def test_a_trial_fits_on_one_gpu_node():
     """8 workers x 1 GPU x 10 CPUs (+ the trial driver's sliver) fit the node types / worker pods."""
     from jobs.grid import TRIAL_DRIVER_CPU
@@ -292,25 +328,45 @@ def test_a_trial_fits_on_one_gpu_node():
 
 
 def test_make_renders_every_placeholder(tmp_path):
-    make("cluster-render", "kuberay-render", f"CLUSTER_BUILD={tmp_path}", "BUCKET=test-bucket",
-         "CLUSTER_AMI=ami-0123456789abcdef0", "REGISTRY=registry.example/team")
-    rendered = {p.name: p for p in tmp_path.glob("*.yaml")}
-    assert set(rendered) == {"aws-gpu.yaml", "kuberay-raycluster.yaml", "kuberay-rayjob.yaml"}
+    make("cluster-render", "kuberay-render", f"CLUSTER_BUILD={tmp_path}", *MAKE_FILL)
+    rendered = {p.name: p for p in tmp_path.iterdir()}
+    assert set(rendered) == {"aws-gpu.yaml", "kuberay-raycluster.yaml", "kuberay-rayjob.yaml",
+                             "aws-head-policy.json", "aws-worker-policy.json"}
     for name, path in rendered.items():
         text = path.read_text()
-        assert not PLACEHOLDER.search(text), name
-        assert text == filled((CLUSTER / name).read_text()), name  # make fills exactly what the tests fill
+        # cluster/aws_setup.py fills __SECURITY_GROUP__ when it has created the group (make cluster-up)
+        assert set(PLACEHOLDER.findall(text)) <= {"__SECURITY_GROUP__"}, name
+        assert filled(text) == filled((CLUSTER / name).read_text()), name  # make fills what the tests fill
+        path.write_text(filled(text))
         assert check.file_problems(path) == []
+    assert check.paths_problems([PREREQS, *(rendered[p.name] for p in KUBERAY)]) == []
     config = yaml.safe_load(rendered["aws-gpu.yaml"].read_text())
     assert config["provider"]["region"] == "us-west-2"
     assert {t["node_config"]["ImageId"] for t in config["available_node_types"].values()} == {"ami-0123456789abcdef0"}
+    image = f"registry.example/team/gnp-ray:{image_tag(base_image())}-{COMMIT}"
+    assert config["docker"]["image"] == image
+    assert make("cluster-image-name", "REGISTRY=registry.example/team", f"COMMIT={COMMIT}").strip() == image
 
 
 def test_every_placeholder_is_one_make_fills():
     mk = (CLUSTER / "cluster.mk").read_text()
-    for path in [AWS, *KUBERAY]:
+    setup = (CLUSTER / "aws_setup.py").read_text()
+    for path in [AWS, *KUBERAY, *POLICIES]:
         for token in set(PLACEHOLDER.findall(path.read_text())):
-            assert f"s|{token}|" in mk, (path.name, token)
+            assert f"s|{token}|" in mk or f'PLACEHOLDER = "{token}"' in setup, (path.name, token)
+
+
+def test_images_are_tagged_by_the_commit_of_a_clean_tree():
+    mk = (CLUSTER / "cluster.mk").read_text()
+    assert re.search(r"^COMMIT \?= \$\(shell git rev-parse --short=12 HEAD", mk, re.M)
+    assert re.search(r"^IMAGE_TAG = .*-\$\(COMMIT\)$", mk, re.M)
+    body = re.search(r"^cluster-image:.*\n((?:\t.*\n)+)", mk, re.M).group(1)
+    assert "git status --porcelain -- $(IMAGE_SOURCES)" in body  # a dirty tree would mislabel the image
+    assert "--build-arg COMMIT=$(COMMIT)" in body
+    sources = re.search(r"^IMAGE_SOURCES = ((?:.*\\\n)*.*)$", mk, re.M).group(1)
+    for copied in re.findall(r"^COPY \S+ (.+?) \S+$", DOCKERFILE.read_text(), re.M):
+        for source in copied.split():
+            assert source in sources, source
 
 
 def test_make_targets_reach_ray_through_the_tunnel_with_token_auth():
@@ -325,14 +381,36 @@ def test_make_targets_reach_ray_through_the_tunnel_with_token_auth():
     runtime_env = json.loads(re.search(r"^CLUSTER_RUNTIME_ENV = (.*)$", mk, re.M).group(1))
     assert runtime_env["working_dir"] == "." and ".venv" in runtime_env["excludes"]
     assert check.runtime_env_problems(runtime_env, "cluster.mk") == []
+    # the autoscaler version is said, not left to Ray's default (the config's install timeout is v2's)
+    up = re.search(r"^cluster-up:.*\n((?:\t.*\n)+)", mk, re.M).group(1)
+    assert "RAY_UP_enable_autoscaler_v2=1 $(RAY) up" in up
+    assert "cluster/aws_setup.py" in up and "cluster/check.py" in up
+
+
+def test_kuberay_targets_check_the_operator_before_applying():
+    mk = (CLUSTER / "cluster.mk").read_text()
+    preflight = re.search(r"^kuberay-preflight:.*\n((?:\t.*\n)+)", mk, re.M).group(1)
+    assert "-l app.kubernetes.io/component=kuberay-operator" in preflight
+    assert "--kuberay-operator" in preflight and "--crds" in preflight and "$(KUBERAY_PREREQS)" in preflight
+    up = re.search(r"^kuberay-up: kuberay-preflight\n((?:\t.*\n)+)", mk, re.M).group(1)
+    assert "kubectl create --validate=strict" in up
+    logs = re.search(r"^kuberay-logs:.*\n((?:\t.*\n)+)", mk, re.M).group(1)
+    assert "{.status.jobId}" in logs and "job-driver-$$job.log" in logs
 
 
 # ---- security: the real configs pass, and one insecure change to them fails --------------------------------
 
 
-@pytest.mark.parametrize("path", sorted(CLUSTER.glob("*.yaml")), ids=lambda p: p.name)
-def test_config_keeps_ray_closed_to_strangers(path):
+CHECKED = sorted(CLUSTER.glob("*.yaml")) + POLICIES + [DOCKERFILE]
+
+
+@pytest.mark.parametrize("path", CHECKED, ids=lambda p: p.name)
+def test_config_passes_the_check(path):
     assert check.file_problems(path) == []
+
+
+def test_the_configs_pass_the_check_together():
+    assert check.paths_problems(CHECKED) == []
 
 
 def aws() -> dict:
@@ -347,19 +425,19 @@ def aws() -> dict:
 ])
 def test_checker_rejects_a_public_security_group_rule(rule):
     config = aws()
-    config["provider"]["security_group"] = {"GroupName": "x", "IpPermissions": [rule]}
+    config["provider"]["security_group"]["IpPermissions"].append(rule)
     problems = check.launcher_problems(config)
-    assert problems and all("to the internet" in p for p in problems)
+    assert problems and all("to the internet" in p or "SSH" in p for p in problems)
+    assert any("to the internet" in p for p in problems)
 
 
 @pytest.mark.parametrize("rule", [
     {"IpProtocol": "tcp", "FromPort": 8265, "ToPort": 8265, "IpRanges": [{"CidrIp": "10.0.0.0/8"}]},
-    {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]},
     {"IpProtocol": "tcp", "FromPort": 8266, "ToPort": 10000, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]},
 ])
 def test_checker_accepts_private_or_unrelated_rules(rule):
     config = aws()
-    config["provider"]["security_group"] = {"IpPermissions": [rule]}
+    config["provider"]["security_group"]["IpPermissions"].append(rule)
     assert check.launcher_problems(config) == []
 
 
@@ -487,9 +565,11 @@ def test_checker_command_line(tmp_path, capsys):
     path.write_text(yaml.safe_dump(bad))
     assert check.main([str(path)]) == 1
     assert "8265" in capsys.readouterr().err
-    assert check.main([str(AWS), str(RAYCLUSTER), str(RAYJOB)]) == 0
+    assert check.main([str(p) for p in CHECKED]) == 0
     out = subprocess.run([sys.executable, str(CLUSTER / "check.py"), str(path)], capture_output=True, text=True)
     assert out.returncode == 1
+    for line in out.stderr.splitlines():  # one line per problem
+        assert line.startswith("refused: "), line
 
 
 # ---- the GPU-hour estimate in cluster/README.md --------------------------------------------------------
@@ -503,3 +583,460 @@ def test_readme_gpu_hours_follow_from_the_design_targets():
     readme = (CLUSTER / "README.md").read_text()
     assert f"{round(gpu_hours)} GPU-hours" in readme
     assert "targets, not measurements" in readme
+
+
+# ---- least privilege and SSH on AWS --------------------------------------------------------------------------
+
+
+def one_problem(problems: list[str], *words: str) -> str:
+    """Exactly one problem, on one line, that says what is wrong."""
+    assert len(problems) == 1, problems
+    assert "\n" not in problems[0]
+    for word in words:
+        assert word in problems[0], (word, problems[0])
+    return problems[0]
+
+
+def ssh_rule(config: dict) -> dict:
+    return config["provider"]["security_group"]["IpPermissions"][0]
+
+
+@pytest.mark.parametrize("cidr", ["0.0.0.0/0", "::/0", "not-a-cidr"])
+def test_checker_rejects_ssh_from_everywhere(cidr):
+    config = aws()
+    key = "CidrIpv6" if ":" in cidr else "CidrIp"
+    ssh_rule(config)["IpRanges" if key == "CidrIp" else "Ipv6Ranges"] = [{key: cidr}]
+    one_problem(check.launcher_problems(config), "SSH (22) open to", cidr)
+    config = aws()
+    ssh_rule(config)["IpRanges"] = [{"CidrIp": "203.0.113.7/32"}]  # what make renders from SSH_CIDR
+    assert check.launcher_problems(config) == []
+
+
+def test_checker_rejects_a_security_group_ray_would_make_itself():
+    config = aws()
+    del config["provider"]["security_group"]  # Ray's own group: SSH from 0.0.0.0/0
+    one_problem(check.launcher_problems(config), "provider.security_group", "0.0.0.0/0")
+    config = aws()
+    del config["available_node_types"]["gpu_p5"]["node_config"]["SecurityGroupIds"]
+    one_problem(check.launcher_problems(config), "SecurityGroupIds")
+    config = aws()
+    config["available_node_types"]["gpu_p4d"]["node_config"]["SecurityGroupIds"] = ["sg-0fedcba9876543210"]
+    one_problem(check.launcher_problems(config), "SecurityGroupIds")
+
+
+@pytest.mark.parametrize("profile", [None, "ray-autoscaler-v1", "gnp-ray-head"])
+def test_checker_rejects_workers_without_their_own_profile(profile):
+    config = aws()
+    node_config = config["available_node_types"]["gpu_p5"]["node_config"]
+    if profile is None:
+        del node_config["IamInstanceProfile"]
+    else:
+        node_config["IamInstanceProfile"] = {"Name": profile}
+    one_problem(check.launcher_problems(config), "gpu_p5", "IamInstanceProfile")
+
+
+def policy(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+@pytest.mark.parametrize("statement, words", [
+    ({"Effect": "Allow", "Action": "s3:*", "Resource": "arn:aws:s3:::b/gnp-results/*"}, ["s3:*", "whole service"]),
+    ({"Effect": "Allow", "Action": "*", "Resource": "arn:aws:s3:::b"}, ["whole service"]),
+    ({"Effect": "Allow", "Action": "s3:GetObject", "Resource": "*"}, ['Resource "*"']),
+    ({"Effect": "Allow", "Action": "s3:GetObject", "Resource": "arn:aws:s3:::*"}, ["not one bucket"]),
+    ({"Effect": "Allow", "Action": "s3:GetObject", "Resource": "arn:aws:s3:::b/*"}, ["not one bucket"]),
+    ({"Effect": "Allow", "Action": "iam:PassRole", "Resource": "arn:aws:iam::*:role/*"}, ["PassRole"]),
+    ({"Effect": "Allow", "Action": "iam:PassRole", "Resource": "arn:aws:iam::*:role/ray-autoscaler-v1"},
+     ["PassRole"]),
+])
+def test_checker_rejects_broad_iam_policies(statement, words):
+    for path in POLICIES:
+        bad = policy(path)
+        bad["Statement"].append(statement)
+        one_problem(check.iam_policy_problems(bad), *words)
+
+
+def test_worker_policy_reads_the_shards_and_writes_the_results_only():
+    statements = policy(CLUSTER / "aws-worker-policy.json")["Statement"]
+    actions = {a for s in statements for a in check._as_list(s["Action"])}
+    assert not {a for a in actions if a.split(":")[0] in ("iam", "ec2")}
+    writes = {r for s in statements if "s3:PutObject" in check._as_list(s["Action"]) for r in s["Resource"]}
+    assert {r.split(":::")[1].split("/")[1] for r in writes} == {"gnp-results", "gnp-ray-storage"}
+    reads = {r for s in statements if check._as_list(s["Action"]) == ["s3:GetObject"]
+             for r in check._as_list(s["Resource"])}
+    assert reads == {"arn:aws:s3:::__BUCKET__/imagenet-shards/*"}
+    head = policy(CLUSTER / "aws-head-policy.json")["Statement"]
+    passed = [s["Resource"] for s in head if s["Action"] == "iam:PassRole"]
+    assert passed == ["arn:aws:iam::*:role/gnp-ray-worker"]  # the profile the GPU node types name
+
+
+class FakeEC2:
+    """Just enough of boto3's EC2 client for aws_setup.ensure_security_group."""
+
+    def __init__(self, groups):
+        self.groups, self.calls = groups, []
+
+    def describe_vpcs(self, Filters):
+        return {"Vpcs": [{"VpcId": "vpc-1"}]}
+
+    def describe_security_groups(self, Filters):
+        return {"SecurityGroups": self.groups}
+
+    def create_security_group(self, **kwargs):
+        self.calls.append(("create", kwargs["GroupName"]))
+        return {"GroupId": "sg-new"}
+
+    def revoke_security_group_ingress(self, GroupId, IpPermissions):
+        self.calls.append(("revoke", IpPermissions))
+
+    def authorize_security_group_ingress(self, GroupId, IpPermissions):
+        self.calls.append(("authorize", IpPermissions))
+
+
+def test_aws_setup_gives_the_group_exactly_the_configs_rules():
+    config = yaml.safe_load(filled(AWS.read_text()))
+    assert aws_setup.profiles(config) == {"gnp-ray-head": "head", "gnp-ray-worker": "worker"}
+    # a group left by an earlier `ray up`: SSH from anywhere. Its rules are replaced by the config's.
+    old = [{"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "IpRanges": [{"CidrIp": "0.0.0.0/0"}],
+            "Ipv6Ranges": [], "PrefixListIds": [], "UserIdGroupPairs": []}]
+    ec2 = FakeEC2([{"GroupId": "sg-old", "IpPermissions": old}])
+    assert aws_setup.ensure_security_group(ec2, config) == "sg-old"
+    (_, revoked), (_, granted) = ec2.calls
+    assert revoked == old
+    assert {r["CidrIp"] for p in granted for r in p.get("IpRanges", [])} == {"203.0.113.7/32"}
+    assert any(p["UserIdGroupPairs"] == [{"GroupId": "sg-old", "Description": "between cluster nodes"}]
+               for p in granted if "UserIdGroupPairs" in p)
+    # described back by EC2 (descriptions, user ids added): nothing to change
+    described = [{**p, "UserIdGroupPairs": [{**g, "UserId": "123"} for g in p.get("UserIdGroupPairs", [])]}
+                 for p in granted]
+    again = FakeEC2([{"GroupId": "sg-old", "IpPermissions": described}])
+    aws_setup.ensure_security_group(again, config)
+    assert again.calls == []
+    fresh = FakeEC2([])
+    assert aws_setup.ensure_security_group(fresh, config) == "sg-new"
+    assert [c[0] for c in fresh.calls] == ["create", "authorize"]
+
+
+# ---- the image, the start-up, the autoscaler ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("image", ["registry.example/team/gnp-ray:2.60.0-py311-gpu", "rayproject/ray:2.60.0-py311-gpu",
+                                   "registry.example/team/gnp-ray:latest"])
+def test_checker_rejects_images_not_tagged_by_commit(image):
+    config = aws()
+    config["docker"]["image"] = image
+    one_problem(check.launcher_problems(config), "not tagged by commit")
+
+    def ray_worker(spec, job):
+        spec["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["image"] = image
+    one_problem(kuberay_problems_after(ray_worker), "workerGroupSpecs", "not tagged by commit")
+
+
+def test_checker_rejects_a_ray_container_without_pull_policy():
+    def no_policy(spec, job):
+        del spec["headGroupSpec"]["template"]["spec"]["containers"][0]["imagePullPolicy"]
+    one_problem(kuberay_problems_after(no_policy), "headGroupSpec", "imagePullPolicy")
+
+
+@pytest.mark.parametrize("command", ["pip install --quiet -e ~/gnp-ray", "pip install -c constraints.txt .",
+                                     "pip install torch==2.14.1 torchvision", "pip3 install 'ray[default]'"])
+def test_checker_rejects_installing_at_node_start_up(command):
+    config = aws()
+    config["setup_commands"].append(command)
+    one_problem(check.launcher_problems(config), "setup_commands", "image")
+    config = aws()
+    config["setup_commands"].append("pip install --quiet boto3")  # not the project: allowed
+    assert check.launcher_problems(config) == []
+
+
+def test_checker_rejects_copying_imagenet_file_by_file():
+    config = aws()
+    config["worker_setup_commands"] = ["aws s3 sync s3://b/imagenet /mnt/imagenet --only-show-errors"]
+    one_problem(check.launcher_problems(config), "worker_setup_commands", "file by file")
+
+    def aws_cli_init(spec, job):
+        init = spec["workerGroupSpecs"][0]["template"]["spec"]["initContainers"][0]
+        init["command"], init["args"] = ["/bin/sh", "-ec"], ["aws s3 sync s3://b/imagenet /mnt/imagenet"]
+    one_problem(kuberay_problems_after(aws_cli_init), "initContainers", "file by file")
+
+
+def test_checker_rejects_a_dockerfile_without_the_constraints():
+    text = DOCKERFILE.read_text()
+    one_problem(check.dockerfile_problems(text.replace("-c constraints.txt ", "")), "without -c constraints.txt")
+    one_problem(check.dockerfile_problems(text.replace("constraints.txt pyproject.toml", "pyproject.toml")),
+                "not copied")
+    two_lines = text + "RUN pip install --no-cache-dir \\\n    numpy\n"
+    one_problem(check.dockerfile_problems(two_lines), "numpy")
+
+
+def launcher_head_start(config: dict) -> str:
+    return next(c for c in config["head_start_ray_commands"] if "ray start" in c)
+
+
+def test_checker_wants_the_launcher_install_timeout_where_the_autoscaler_reads_it():
+    config = aws()
+    assert f"RAY_AUTOSCALER_RECONCILE_RAY_INSTALL_STATUS_TIMEOUT_S={check.MIN_NODE_READY_TIMEOUT_S}" in \
+        launcher_head_start(config)
+    config["head_start_ray_commands"] = [c.replace("RAY_AUTOSCALER_RECONCILE_RAY_INSTALL_STATUS_TIMEOUT_S=9000 ", "")
+                                         for c in config["head_start_ray_commands"]]
+    one_problem(check.launcher_problems(config), "RAY_INSTALL_STATUS_TIMEOUT_S", "1800")
+    config = aws()
+    config["head_start_ray_commands"] = [c.replace("=9000", "=3600") for c in config["head_start_ray_commands"]]
+    one_problem(check.launcher_problems(config), "3600")
+    config = aws()
+    config["worker_start_ray_commands"][-1] = ("export RAY_AUTOSCALER_RECONCILE_ALLOCATE_STATUS_TIMEOUT_S=9000 && "
+                                               + config["worker_start_ray_commands"][-1])
+    one_problem(check.launcher_problems(config), "worker_start_ray_commands", "never reads it")
+
+
+def test_kuberay_autoscaler_is_v2_with_the_allocate_timeout():
+    for path in KUBERAY:
+        for spec in cluster_specs(path):
+            options = spec["autoscalerOptions"]
+            assert options["version"] == "v2"
+            env = {e["name"]: e["value"] for e in options["env"]}
+            assert int(env["RAY_AUTOSCALER_RECONCILE_ALLOCATE_STATUS_TIMEOUT_S"]) == check.MIN_NODE_READY_TIMEOUT_S
+
+
+def _autoscaler_env(spec) -> list:
+    return spec["autoscalerOptions"]["env"]
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda spec: spec["autoscalerOptions"].pop("version"), ["version"]),
+    (lambda spec: _autoscaler_env(spec).clear(), ["ALLOCATE_STATUS_TIMEOUT_S", "3600"]),
+    (lambda spec: _autoscaler_env(spec)[0].update(value="3600"), ["ALLOCATE_STATUS_TIMEOUT_S", "3600"]),
+    (lambda spec: spec["autoscalerOptions"].update(version="v1"), ["read by autoscaler v2 only"]),
+    (lambda spec: spec["headGroupSpec"]["template"]["spec"]["containers"][0]["env"].append(
+        {"name": "RAY_AUTOSCALER_RECONCILE_ALLOCATE_STATUS_TIMEOUT_S", "value": "9000"}), ["autoscalerOptions.env"]),
+])
+def test_checker_rejects_a_kuberay_autoscaler_left_to_defaults(change, words):
+    one_problem(kuberay_problems_after(lambda spec, job: change(spec)), *words)
+
+
+def test_the_timeout_covers_the_measured_staging_estimate():
+    """MIN_NODE_READY_TIMEOUT_S is at least what bench/staging.py derived from its measurement."""
+    results = sorted((ROOT / "bench" / "results").glob("staging-*.json"))
+    assert results, "no bench/results/staging-*.json: run python bench/staging.py"
+    estimate = json.loads(results[-1].read_text())["estimate"]
+    assert "ESTIMATE" in estimate["label"]
+    assert estimate["node_ready_timeout_s"] <= check.MIN_NODE_READY_TIMEOUT_S
+    assert check.MIN_NODE_READY_TIMEOUT_S > estimate["slow"]["launch_to_training_s"] * 2
+    readme = (CLUSTER / "README.md").read_text()
+    assert "estimate" in readme.lower() and str(check.MIN_NODE_READY_TIMEOUT_S) in readme
+
+
+# ---- KubeRay: HTTPMode, retries, the NetworkPolicy, the operator --------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["K8sJobMode", None])
+def test_checker_rejects_a_rayjob_that_follows_the_log_stream(mode):
+    def change(spec, job):
+        if mode is None:
+            del job["spec"]["submissionMode"]  # KubeRay's default: K8sJobMode
+        else:
+            job["spec"]["submissionMode"] = mode
+    one_problem(kuberay_problems_after(change), "submissionMode", "HTTPMode")
+
+
+@pytest.mark.parametrize("limit", [0, None])
+def test_checker_rejects_a_rayjob_without_retries(limit):
+    def change(spec, job):
+        if limit is None:
+            del job["spec"]["backoffLimit"]
+        else:
+            job["spec"]["backoffLimit"] = limit
+    one_problem(kuberay_problems_after(change), "backoffLimit")
+
+
+@pytest.mark.parametrize("flags", ["--amp bf16", "--channels-last"])
+def test_checker_rejects_precision_flags_in_the_rayjob(flags):
+    def change(spec, job):
+        job["spec"]["entrypoint"] += f" {flags}"
+    one_problem(kuberay_problems_after(change), "entrypoint", flags.split()[0])
+
+
+def prereqs() -> list:
+    return copy.deepcopy(docs(PREREQS))
+
+
+def network_problems(change=None) -> list[str]:
+    objects = prereqs() + [rayjob()]
+    policy = next(d for d in objects if d["kind"] == "NetworkPolicy")
+    if change:
+        change(policy)
+    return check.network_policy_problems(objects)
+
+
+def test_network_policy_admits_only_ray_pods_and_the_operator():
+    assert network_problems() == []
+    policy = next(d for d in docs(PREREQS) if d["kind"] == "NetworkPolicy")
+    for labels in check._ray_pod_labels(cluster_specs(RAYJOB)[0]) + check._ray_pod_labels(cluster_specs(RAYCLUSTER)[0]):
+        assert check._selects(policy["spec"]["podSelector"], labels)
+    operator = policy["spec"]["ingress"][1]
+    assert [p["port"] for p in operator["ports"]] == [8265]
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda p: p["spec"].update(ingress=[{}]), ["anywhere"]),
+    (lambda p: p["spec"]["ingress"][1].pop("ports"), ["kuberay-operator", "6379"]),
+    (lambda p: p["spec"]["ingress"][0]["from"][0].update(namespaceSelector={}), ["namespaceSelector", "6379"]),
+    (lambda p: p["spec"]["ingress"].append({"from": [{"ipBlock": {"cidr": "10.0.0.0/8"}}],
+                                            "ports": [{"port": "gcs-server"}]}), ["10.0.0.0/8", "6379"]),
+    (lambda p: p["spec"]["ingress"][1]["from"][0].update(podSelector={}), ["8265"]),
+])
+def test_checker_rejects_a_network_policy_that_lets_others_in(change, words):
+    one_problem(network_problems(change), *words)
+
+
+def test_checker_wants_a_network_policy_with_the_manifests(capsys):
+    one_problem(check.network_policy_problems([rayjob()]), "no NetworkPolicy")
+    assert check.main([str(RAYJOB)]) == 1
+    assert "kuberay-prereqs.yaml" in capsys.readouterr().err
+    assert network_problems(lambda p: p["spec"]["podSelector"]["matchLabels"].update(app="other"))
+
+
+def operator_pods(image: str) -> list:
+    return [{"apiVersion": "v1", "kind": "List", "items": [
+        {"kind": "Pod", "metadata": {"namespace": "kuberay-system"}, "spec": {"containers": [{"image": image}]}}]}]
+
+
+@pytest.mark.parametrize("image, ok", [
+    ("quay.io/kuberay/operator:v1.6.0", True), ("quay.io/kuberay/operator:v1.7.1", True),
+    ("quay.io/kuberay/operator:v1.5.2", False), ("quay.io/kuberay/operator:nightly", False),
+    ("registry.example/kuberay-operator:1.6.2-rc.1", True),
+])
+def test_checker_wants_kuberay_1_6_before_applying(image, ok):
+    problems = check.operator_version_problems(operator_pods(image))
+    assert problems == [] if ok else len(problems) == 1
+    assert check.operator_version_problems([{"kind": "List", "items": []}])  # no operator at all
+
+
+def crd(spec_schema: dict, kind: str = "RayJob") -> list:
+    return [{"kind": "CustomResourceDefinition", "spec": {"group": "ray.io", "names": {"kind": kind}, "versions": [
+        {"name": "v1", "schema": {"openAPIV3Schema": {"properties": {"spec": spec_schema}}}}]}}]
+
+
+def test_checker_finds_the_fields_an_older_crd_drops():
+    """KubeRay < 1.6's CRD has authOptions without secretName: the API server prunes it silently."""
+    job = rayjob()
+    old_auth = {"type": "object", "properties": {"mode": {"type": "string"}}}
+    schema = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+    assert check.crd_problems(crd(schema), [job]) == []
+    schema = {"type": "object", "properties": {
+        **{k: {"type": "object", "x-kubernetes-preserve-unknown-fields": True} for k in job["spec"]},
+        "rayClusterSpec": {"type": "object", "properties": {
+            **{k: {"x-kubernetes-preserve-unknown-fields": True} for k in job["spec"]["rayClusterSpec"]},
+            "authOptions": old_auth}}}}
+    one_problem(check.crd_problems(crd(schema), [job]), "drops spec.rayClusterSpec.authOptions.secretName")
+    one_problem(check.crd_problems(crd(schema, kind="RayCluster"), [job]), "no CRD for RayJob")
+
+
+def test_checker_command_line_runs_the_preflight(tmp_path, capsys):
+    pods = tmp_path / "pods.yaml"
+    pods.write_text(yaml.safe_dump(operator_pods("quay.io/kuberay/operator:v1.5.2")[0]))
+    crds = tmp_path / "crds.yaml"
+    crds.write_text(yaml.safe_dump_all(crd({"x-kubernetes-preserve-unknown-fields": True}) +
+                                       crd({"x-kubernetes-preserve-unknown-fields": True}, "RayCluster")))
+    paths = [str(PREREQS), str(RAYCLUSTER), str(RAYJOB)]
+    assert check.main(["--crds", str(crds), *paths]) == 0
+    assert check.main(["--kuberay-operator", str(pods), "--crds", str(crds), *paths]) == 1
+    assert "older than 1.6" in capsys.readouterr().err
+
+
+# ---- trial drivers on the head only ---------------------------------------------------------------------------
+
+
+def test_the_head_alone_has_the_trial_driver_resource_in_the_format_kuberay_and_ray_read():
+    from ray.autoscaler._private.kuberay.autoscaling_config import _get_custom_resources
+
+    for path in KUBERAY:
+        for spec in cluster_specs(path):
+            params = spec["headGroupSpec"]["rayStartParams"]
+            assert _get_custom_resources({}, params, "head") == {"trial_driver": 100}  # Ray's own reader
+            assert check.parse_ray_resources(params["resources"]) == {"trial_driver": 100}
+            # KubeRay writes `--resources=<value>` into the shell command of the head's container
+            assert shlex.split(f"ray start --resources={params['resources']}")[-1] == \
+                '--resources={"trial_driver": 100}'
+            for group in spec["workerGroupSpecs"]:
+                assert "resources" not in group["rayStartParams"] and "resources" not in group
+
+
+@pytest.mark.parametrize("where", ["head", "worker"])
+def test_checker_rejects_trial_drivers_off_the_head_on_aws(where):
+    config = aws()
+    if where == "head":
+        del config["available_node_types"]["head"]["resources"]["trial_driver"]
+    else:
+        config["available_node_types"]["gpu_p5"]["resources"]["trial_driver"] = 1
+    one_problem(check.launcher_problems(config), "trial_driver")
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda spec: spec["headGroupSpec"]["rayStartParams"].pop("resources"), ["head has no `trial_driver`"]),
+    (lambda spec: spec["workerGroupSpecs"][0]["rayStartParams"].update(resources="'{\"trial_driver\": 1}'"),
+     ["workerGroupSpecs[gpu-8x]", "only the head"]),
+    (lambda spec: spec["workerGroupSpecs"][0].update(resources={"trial_driver": "1"}), ["only the head"]),
+    (lambda spec: spec["headGroupSpec"]["rayStartParams"].update(resources='"{\\"trial_driver\\": 100}"'),
+     ["rayStartParams.resources"]),
+    (lambda spec: spec["headGroupSpec"]["rayStartParams"].update(resources="'{\"trial_driver\": 0.5}'"),
+     ["rayStartParams.resources"]),
+])
+def test_checker_rejects_trial_drivers_off_the_head_on_kuberay(change, words):
+    problems = kuberay_problems_after(lambda spec, job: change(spec))
+    assert problems and all(w in " ".join(problems) for w in words), problems
+
+
+# ---- staging ImageNet from tar shards ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shards_module():
+    sys.path.insert(0, str(CLUSTER))  # spawned stage processes import it by name, as the nodes do
+    import imagenet_shards
+
+    yield imagenet_shards
+    sys.path.remove(str(CLUSTER))
+
+
+def small_imagenet(root: Path) -> dict[str, bytes]:
+    files = {f"{split}/n{c:08d}/n{c:08d}_{i}.JPEG": os.urandom(1000 + 37 * i)
+             for split in ("train", "val") for c in range(3) for i in range(4)}
+    for name, data in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+    return files
+
+
+def test_shards_round_trip_and_a_rerun_skips_what_is_staged(tmp_path, shards_module):
+    files = small_imagenet(tmp_path / "src")
+    index = shards_module.pack(tmp_path / "src", tmp_path / "shards", shard_bytes=8000)
+    assert index["files"] == len(files) and len(index["shards"]) > 2
+    stats = shards_module.stage(str(tmp_path / "shards"), tmp_path / "dst", processes=2, log=lambda *_: None)
+    assert stats["shards"] == len(index["shards"]) and stats["files"] == len(files)
+    assert stats["bytes"] == sum(map(len, files.values()))
+    for name, data in files.items():
+        assert (tmp_path / "dst" / name).read_bytes() == data
+    from gnp.data import check_layout
+
+    check_layout(tmp_path / "dst")  # the layout --data expects, .staged/ markers and all
+    again = shards_module.stage(f"file://{tmp_path / 'shards'}", tmp_path / "dst", log=lambda *_: None)
+    assert again["shards"] == 0 and again["skipped"] == len(index["shards"])
+    (tmp_path / "dst" / ".staged" / index["shards"][0]["name"]).with_suffix(".tar.done").write_text("1")
+    with pytest.raises(RuntimeError, match="index"):
+        shards_module.stage(str(tmp_path / "shards"), tmp_path / "dst", log=lambda *_: None)
+
+
+def test_staging_refuses_paths_out_of_the_folder(tmp_path, shards_module):
+    import io
+    import tarfile
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        info = tarfile.TarInfo("../escaped.JPEG")
+        info.size = 3
+        tar.addfile(info, io.BytesIO(b"abc"))
+    buffer.seek(0)
+    with tarfile.open(fileobj=buffer, mode="r|") as tar, pytest.raises(tarfile.FilterError):
+        shards_module._extract_members(tar, tmp_path / "dst")
+    assert not (tmp_path / "escaped.JPEG").exists()
