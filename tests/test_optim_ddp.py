@@ -5,14 +5,14 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from test_optim import LR, batch, bn_model, closure_for, flat_norm, loss_of, mlp
+from test_optim import LR, batch, bn_model, closure_for, flat_norm, float64, loss_of, mlp  # noqa: F401
 from torch.func import functional_call, grad
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from gnp.optim import GNP
 
 WORLD, ALPHA, R, STEPS, L2, MOMENTUM = 2, 0.3, 0.05, 3, 1e-2, 0.9
-pytestmark = pytest.mark.ddp
+pytestmark = [pytest.mark.ddp, pytest.mark.usefixtures("float64")]
 
 
 def worker(rank, init_file, out_file, variant, sync, build, steps, kw):

@@ -1,5 +1,6 @@
 """The per-worker loop: metrics, divergence, exact resume, DDP evaluation coverage, one-line CLI errors."""
 
+import hashlib
 import itertools
 import json
 import shutil
@@ -163,15 +164,19 @@ def test_the_gr_warmup_ramps_r_linearly(digits_root, tmp_path):
     assert ramp == [0.0, round(0.1 * (run.steps_per_epoch // 2) / run.steps_per_epoch / 2, 6), 0.05, 0.1, 0.1]
 
 
+def digest(tensors) -> str:
+    return hashlib.sha256(b"".join(t.detach().double().numpy().tobytes() for t in tensors)).hexdigest()
+
+
 def ddp_worker(rank, init_file, out, data, queue):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     cfg = get_recipe("digits", out=out, variant="gnp", alpha=0.5, data=data, **{**FAST, "epochs": 1})
     run = Run(cfg)
-    weights = torch.cat([p.detach().flatten() for p in run.model.parameters()])
-    draw = torch.rand(4)  # this rank's own stream after the common initialization
+    weights = digest(run.model.parameters())
+    draw = torch.rand(4).tolist()  # this rank's own stream after the common initialization
     row = run.run_epoch()
-    buffers = torch.cat([b.flatten().double() for b in run.model.buffers()])
-    queue.put((rank, dict(row=row, weights=weights.tolist(), draw=draw.tolist(), buffers=buffers.tolist())))
+    # small messages only: the queue is read after both processes end, and a full pipe would block them
+    queue.put((rank, dict(row=row, weights=weights, draw=draw, buffers=digest(run.model.buffers()))))
     dist.barrier()
     dist.destroy_process_group()
 
