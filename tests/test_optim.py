@@ -492,3 +492,20 @@ def test_every_scalar_of_a_step_lives_on_the_parameters_device(variant, alpha):
               clip_grad_norm=5.0, grad_scaler=torch.amp.GradScaler("cpu", enabled=False))
     opt.step(closure_for(model, x, y))
     assert opt.grad_norm.device.type == "meta"
+
+
+def test_a_compiled_model_is_traced_once_for_both_passes():
+    """BatchNorm's running statistics are kept by a copy, not a flag flipped on the modules, so the second
+    pass reuses the first pass's graph (flipping `track_running_stats` made a second graph, measured)."""
+    from torch._dynamo.testing import CompileCounter
+
+    torch.set_default_dtype(torch.float32)
+    torch._dynamo.reset()
+    counter, model = CompileCounter(), bn_model()
+    compiled = torch.compile(model, backend=counter)
+    opt = GNP(compiled, alpha=0.5, r=0.05, lr=LR, momentum=0.9)
+    x, y = batch()
+    for _ in range(4):
+        opt.step(closure_for(compiled, x.float(), y))
+    assert counter.frame_count == 1
+    assert model[1].num_batches_tracked.item() == 4  # pass 1 of each step only
