@@ -148,6 +148,8 @@ class Run:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         cuda = self.device.type == "cuda"
+        if cuda:  # also when the caller (Ray Train) chose the device: NCCL's object collectives use it
+            torch.cuda.set_device(self.device)
         torch.backends.cudnn.benchmark = cuda
         seed_everything(cfg.seed)  # the same initial weights on every rank
         self.train_loader, self.val_loader, num_classes = build_loaders(

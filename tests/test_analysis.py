@@ -17,7 +17,7 @@ import pytest
 import analysis
 from analysis import AnalysisError, format_table, load_results, make_figures, select_schemes, summarize
 from analysis.__main__ import main
-from analysis.schema import RESULT_SCHEMA
+from analysis.schema import OPTIONAL, RESULT_SCHEMA
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOCK = dict(recipe="digits", dataset="digits", augmentation="crop", model="smallcnn")
@@ -196,15 +196,15 @@ def test_a_missing_folder_or_an_empty_one_is_one_line(tmp_path):
         load_results(tmp_path, on_bad="skip")
 
 
-def test_files_without_trial_wall_s_still_load(tmp_path):
-    old = pa.schema([f for f in RESULT_SCHEMA if f.name != "trial_wall_s"])
+def test_files_without_the_optional_columns_still_load(tmp_path):
+    old = pa.schema([f for f in RESULT_SCHEMA if f.name not in OPTIONAL])
     rows = trial_rows(alpha=0, r=0, seed=0, top1=[3.0, 2.0])
     pq.write_table(pa.Table.from_pylist(rows, schema=old), tmp_path / "old.parquet")
     df = load_results(tmp_path)
-    assert list(df.columns) == RESULT_SCHEMA.names and df["trial_wall_s"].isna().all()
+    assert list(df.columns) == RESULT_SCHEMA.names and df[list(OPTIONAL)].isna().all().all()
     assert "Ray's own wall time (starting worker groups, checkpoints) is not in" in format_table(df)
     wrong = pa.Table.from_pylist(rows, schema=RESULT_SCHEMA).set_column(
-        len(RESULT_SCHEMA) - 1, "trial_wall_s", pa.array(["50"] * len(rows))
+        RESULT_SCHEMA.get_field_index("trial_wall_s"), "trial_wall_s", pa.array(["50"] * len(rows))
     )
     pq.write_table(wrong, tmp_path / "wrong.parquet")
     with pytest.raises(AnalysisError, match=r"wrong\.parquet.*trial_wall_s is string, not double"):

@@ -3,6 +3,7 @@
 import hashlib
 import itertools
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -247,8 +248,8 @@ def test_an_existing_run_is_not_overwritten_and_resumes_only_the_same_configurat
 def test_help_and_errors_from_a_real_process():
     help_text = subprocess.run([sys.executable, "-m", "gnp.train", "--help"], capture_output=True, text=True)
     assert help_text.returncode == 0 and "--alpha" in help_text.stdout and "--resume" in help_text.stdout
-    recipe = " ".join(subprocess.run([sys.executable, "-m", "gnp.train", "--recipe", "imagenet-vgg16bn", "--help"],
-                                     capture_output=True, text=True).stdout.split())
+    recipe = subprocess.run([sys.executable, "-m", "gnp.train", "--recipe", "imagenet-vgg16bn", "--help"],
+                            capture_output=True, text=True, env={**os.environ, "COLUMNS": "400"}).stdout
     assert "[imagenet-vgg16bn: 5.0]" in recipe and "[imagenet-vgg16bn: 32]" in recipe  # clip, per-rank batch
     printed = subprocess.run([sys.executable, "-m", "gnp.train", "--recipe", "imagenet-resnet50", "--print-recipe",
                               "--alpha", "0.2"], capture_output=True, text=True)
