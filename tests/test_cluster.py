@@ -575,9 +575,9 @@ def test_checker_command_line(tmp_path, capsys):
 # ---- the GPU-hour estimate in cluster/README.md --------------------------------------------------------
 
 
-def test_readme_gpu_hours_follow_from_the_design_targets():
+def test_readme_gpu_hours_follow_from_the_throughput_targets():
     images = 1_281_167 * 100  # one 100-epoch ImageNet run
-    standard, two_pass = 3_000, 1_500  # DESIGN §6 targets, images/s per H100 (targets, not measurements)
+    standard, two_pass = 3_000, 1_500  # throughput targets, images/s per H100 (not measurements)
     gpu_hours = images * (3 / standard + 9 / two_pass) / 3600  # 3 standard runs, 9 GNP/SAM runs
     assert round(gpu_hours) == 249
     readme = (CLUSTER / "README.md").read_text()
