@@ -3,6 +3,7 @@
 import hashlib
 import itertools
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -139,6 +140,14 @@ def test_the_per_batch_sums_count_what_they_say():
     assert eval_counts(logits, targets, 5).tolist() == [1, 2]  # the last one is not in its top 5
     sums = step_sums(torch.tensor(0.5), logits, targets, torch.tensor(float("inf")), torch.tensor(True))
     assert sums.tolist() == [1.5, 2, 0, 0, 1]  # a non-finite norm is left out of the mean, the skip counted
+
+
+def test_fp16_overflows_are_counted_skipped_steps_not_divergence(digits_root, tmp_path):
+    run = Run(digits(tmp_path, amp="fp16", epochs=1, alpha=0.5))
+    run.scaler = run.optimizer.grad_scaler = torch.amp.GradScaler("cpu", init_scale=2.0**40)  # overflows first
+    row = run.run_epoch()
+    assert row["status"] == "ok" and 10 < row["skipped_steps"] < row["regularized_steps"]
+    assert math.isfinite(row["grad_norm"]) and math.isfinite(row["test_top1_err"])
 
 
 def test_which_steps_regularize():
