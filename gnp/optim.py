@@ -191,11 +191,10 @@ class GNP(torch.optim.Optimizer):
         if self.sync_perturbation:
             self._all_reduce_mean(g1)
         g1_norm = torch.nn.utils.get_total_norm(g1)
-        e = self.perturbation(self, params, g1, g1_norm)
 
-        theta = torch._foreach_mul(params, 1.0)  # keep θ to restore it exactly
+        theta = torch._foreach_mul(params, 1.0)  # keep θ to restore it exactly: the one extra copy
         try:
-            torch._foreach_add_(params, e)  # θ' = θ + e
+            torch._foreach_add_(params, self.perturbation(self, params, g1, g1_norm))  # θ' = θ + e
             # Pre-load .grad so that the second, synced backward accumulates and all-reduces
             # scale·(a·g1 + b·g2)/b, with g2 including its L2 term at θ'; then multiply by b.
             a, b = self.mix_weights(self, g1_norm)
