@@ -44,7 +44,7 @@ RESULT_SCHEMA = pa.schema(
         pa.field("trial_wall_s", pa.float64()),
         pa.field("val_images", pa.int64()),  # validation images evaluated (every one exactly once)
         pa.field("skipped_steps", pa.int64()),  # fp16 steps the GradScaler skipped for overflow (not divergence)
-        pa.field("regularized_steps", pa.int64()),  # two-pass steps of the epoch (amortized and warm-up schedules)
+        pa.field("regularized_steps", pa.int64()),  # steps that took the regularized update (two passes, or db's double backprop), not a plain one
         # the dataset's identity: classes, image counts and a fingerprint of its file list (not its path)
         pa.field("dataset_id", pa.string()),
     ]

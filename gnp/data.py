@@ -182,8 +182,12 @@ def build_loaders(root: Path, *, image_size, augmentation, batch_size, workers, 
         raise UserError(f"{root / 'train'} has {len(train_set)} images, fewer than one global batch "
                         f"({batch_size * world}); lower --batch-size")
     sampler = EpochSampler(DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=seed))
+    # Each loader's own generator: its worker seeds are drawn from it, not from the global stream, which a
+    # persistent loader would otherwise draw from in whichever epoch it starts (a resume shifts that).
     common = dict(num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0,
                   prefetch_factor=4 if workers > 0 else None)
-    train = DataLoader(SeededSamples(train_set, seed), batch_size, sampler=sampler, drop_last=True, **common)
-    val = DataLoader(val_set, batch_size, sampler=ShardSampler(len(val_set), rank, world), **common)
+    train = DataLoader(SeededSamples(train_set, seed), batch_size, sampler=sampler, drop_last=True,
+                       generator=torch.Generator().manual_seed(seed), **common)
+    val = DataLoader(val_set, batch_size, sampler=ShardSampler(len(val_set), rank, world),
+                     generator=torch.Generator().manual_seed(seed), **common)
     return train, val, len(train_set.classes)

@@ -219,7 +219,8 @@ class Run:
             loss = self.optimizer.step(closure, regularize=regularize)
             self.scheduler.step()
             sums += step_sums(loss, first["logits"], targets, self.optimizer.grad_norm, self.optimizer.skipped)
-            seen, steps, regularized = seen + len(targets), steps + 1, regularized + regularize
+            regularized += regularize and self.optimizer.variant != "standard" and self.optimizer.alpha != 0
+            seen, steps = seen + len(targets), steps + 1
             if (step + 1) % DIVERGENCE_CHECK_EVERY == 0 and not math.isfinite(self.all_sum(sums[:1]).item()):
                 break
         counts = torch.tensor([seen, steps, regularized], dtype=torch.float64, device=self.device)
