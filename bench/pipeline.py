@@ -91,9 +91,6 @@ def loader_rate(root: Path, workers: int, batch: int, waves: int) -> dict:
                                  workers=workers, rank=0, world=1, seed=0,
                                  pin_memory=torch.cuda.is_available())
     wanted = (waves + 1) * workers
-    if len(loader) < wanted:
-        raise SystemExit(f"{len(loader)} batches of {batch}, fewer than the {wanted} this measurement takes; "
-                         f"pass --images {wanted * batch} or more")
     loader.sampler.set_epoch(0)
     times = []
     for _ in loader:
@@ -192,13 +189,13 @@ def cpu_model() -> str:
 def main():
     cpus = len(os.sched_getaffinity(0))
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--images", type=int, default=448, help="training JPEGs to write (--train: at least "
-                   "batch × steps)")
+    p.add_argument("--images", type=int, default=0, help="training JPEGs to write, if more than the "
+                   "measurements take")
     p.add_argument("--classes", type=int, default=10)
     p.add_argument("--grain", type=float, default=8.0, help="std of the grain on the smooth images")
     p.add_argument("--workers", default=f"1,{max(2, cpus - 2)}", help="loader process counts for (a)")
     p.add_argument("--loader-batch", type=int, default=32, help="batch of (a)'s loader")
-    p.add_argument("--waves", type=int, default=6, help="(a): batches timed per loader process")
+    p.add_argument("--waves", type=int, default=20, help="(a): batches timed per loader process")
     p.add_argument("--rates", default="bench/results", help="folder with step_ratio-*.json (GPU img/s)")
     p.add_argument("--gpu-img-s", type=lambda s: tuple(float(v) for v in s.split(",")),
                    default=(3000.0, 1500.0),
@@ -216,7 +213,8 @@ def main():
     args.train_workers = args.train_workers or max(workers)
     if args.train and not torch.cuda.is_available():
         raise SystemExit("--train needs a CUDA GPU")
-    images = max(args.images, args.batch * args.steps) if args.train else args.images
+    images = max(args.images, (args.waves + 1) * max(workers) * args.loader_batch,
+                 args.batch * args.steps if args.train else 0)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     load = os.getloadavg()[0]
     figures = dict(
