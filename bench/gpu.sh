@@ -42,6 +42,10 @@ run() {  # run NAME LIMIT_S COMMAND...: log to $out/NAME.log, note the exit code
     echo "cpus $cpus; loader processes $workers"
 } >"$out/environment.txt" 2>&1
 cat "$out/environment.txt"
+if ! "$py" -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; then
+    echo "no CUDA GPU visible: the tier would only skip; nothing run" | tee -a "$out/summary.txt"
+    exit 2
+fi
 
 run tests "${TESTS_S:-200}" "$py" -m pytest -m gpu tests/test_gpu.py -q -p no:cacheprovider --durations=20 \
     --junitxml="$out/tests.xml"
@@ -49,7 +53,7 @@ run step_ratio "${STEP_RATIO_S:-220}" "$py" bench/step_ratio.py --model resnet50
     --amp bf16 --channels-last --compile both --no-ddp --steps 15 --warmup 3 --json "$out"
 run pipeline "${PIPELINE_S:-120}" "$py" bench/pipeline.py --workers "1,$workers" --train \
     --train-workers "$workers" --batch 256 --steps 30 --rates "$out" --json "$out" \
-    --note "bench/gpu.sh on $(hostname)"
+    --note "bench/gpu.sh on ${HOSTNAME:-a GPU machine}"
 
 echo "results in $out" | tee -a "$out/summary.txt"
 exit $status
