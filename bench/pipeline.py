@@ -1,0 +1,262 @@
+"""Can the input pipeline feed the GPU? ImageNet-sized JPEGs through gnp.data's loaders, then the whole loop.
+
+    PYTHONPATH=. python3 bench/pipeline.py --json bench/results             # a CPU machine: (a) only
+    PYTHONPATH=. python3 bench/pipeline.py --workers 1,12 --train --train-workers 12 --json $OUT   # one GPU
+
+(a) The loader alone: img/s through `gnp.data.build_loaders` with the ImageNet train transforms (random-
+    resized crop to 224 and flip, uint8 tensors), for each count of loader processes, and per process.
+    From it, the loader processes and CPU cores one GPU needs at the GPU's rates for standard and GNP
+    training: those of the newest CUDA `step_ratio-*.json` at 224 px under --rates, else --gpu-img-s
+    (then marked as assumed).
+(b) --train (CUDA): gnp.loop.Run on the generated folder (imagenet-resnet50: ResNet-50, bf16,
+    channels_last) for one epoch of --steps steps, end-to-end img/s next to the same Run fed one batch
+    already on the device (the steps alone), and the ratio; within 10% means the pipeline keeps up.
+
+The images are smooth (a colour gradient and ellipses, blurred, with a light grain; 500×375, JPEG q90), as
+photos decode, unlike noise. Rates leave out the first batch of every loader process (the processes
+starting, cuDNN's search): steady state only. The model's head has --classes outputs, not 1000 (a
+fraction of a percent of ResNet-50's work).
+"""
+
+import argparse
+import datetime
+import gc
+import json
+import math
+import multiprocessing
+import os
+import platform
+import re
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+from PIL import Image, ImageFilter
+
+from gnp.data import build_loaders
+from gnp.loop import Run
+from gnp.recipes import get_recipe
+
+IMAGENET_MEAN_JPEG_BYTES = 110_000  # ImageNet-1k train JPEGs average about 110 KB
+
+
+def write_image(task):
+    """One smooth 500×375-like JPEG, a pure function of its seed; returns its bytes."""
+    path, seed, (width, height), grain = task
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    angle = rng.uniform(0, 2 * np.pi)
+    ramp = xx * np.cos(angle) + yy * np.sin(angle)
+    ramp = (ramp - ramp.min()) / np.ptp(ramp)
+    start, end = rng.uniform(0, 255, (2, 3))
+    pixels = start + (end - start) * ramp[..., None]
+    for _ in range(rng.integers(3, 8)):
+        cx, cy, rx, ry = rng.uniform(0, width), rng.uniform(0, height), *rng.uniform(20, 150, 2)
+        pixels[((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 <= 1] = rng.uniform(0, 255, 3)
+    smooth = Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(3))
+    pixels = np.asarray(smooth, dtype=np.float32) + rng.normal(0, grain, (height, width, 3))
+    Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(path, quality=90)
+    return path.stat().st_size
+
+
+def write_dataset(root: Path, images: int, classes: int, grain: float, processes: int) -> dict:
+    """train/<class>/*.JPEG (`images` of them) and one val image per class, written in parallel."""
+    tasks = []
+    for i in range(images + classes):
+        split, label = ("train", i % classes) if i < images else ("val", i - images)
+        folder = root / split / f"n{label:08d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        tasks.append((folder / f"{split}_{i:06d}.JPEG", i, (500, 375), grain))
+    start = time.perf_counter()
+    with multiprocessing.get_context("fork").Pool(processes) as pool:
+        sizes = pool.map(write_image, tasks, chunksize=16)
+    return dict(train_images=images, classes=classes, size="500x375", quality=90, grain=grain,
+                mean_jpeg_bytes=round(float(np.mean(sizes))),
+                imagenet_mean_jpeg_bytes=IMAGENET_MEAN_JPEG_BYTES,
+                write_s=round(time.perf_counter() - start, 2))
+
+
+def steady_rate(times: list[float], workers: int, batch: int) -> float:
+    """img/s from the last batch of the first wave (one batch per loader process) to the last batch."""
+    first = min(workers, len(times) - 1) - 1
+    return (len(times) - 1 - first) * batch / (times[-1] - times[first])
+
+
+def loader_rate(root: Path, workers: int, batch: int, waves: int) -> dict:
+    """The loader alone, for (waves + 1) batches per process; the first is left out."""
+    loader, _, _ = build_loaders(root, image_size=224, augmentation="rrc+flip", batch_size=batch,
+                                 workers=workers, rank=0, world=1, seed=0,
+                                 pin_memory=torch.cuda.is_available())
+    wanted = (waves + 1) * workers
+    loader.sampler.set_epoch(0)
+    times = []
+    for _ in loader:
+        times.append(time.perf_counter())
+        if len(times) == wanted:
+            break
+    img_s = steady_rate(times, workers, batch)
+    return dict(workers=workers, batch=batch, batches_timed=len(times) - workers, img_s=img_s,
+                img_s_per_process=img_s / workers)
+
+
+def gpu_rates(args) -> tuple[dict, str]:
+    """Standard and GNP img/s of one GPU (ResNet-50 at 224 px), and where they come from."""
+    found = sorted(Path(args.rates).glob("step_ratio-*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for path in found:
+        data = json.loads(path.read_text())
+        if data["args"]["size"] == 224 and not data["device"].startswith("CPU"):
+            rates = {s: max(run[s]["img_s"] for run in data["runs"].values()) for s in ("standard", "gnp")}
+            return rates, (f"measured: {path} ({data['device']}, {data['args']['model']}, batch "
+                           f"{data['args']['batch']}, the fastest of its runs)")
+    standard, gnp = args.gpu_img_s
+    return dict(standard=standard, gnp=gnp), (f"ASSUMED (--gpu-img-s {standard:g},{gnp:g}): no CUDA "
+                                              f"step_ratio-*.json at 224 px under {args.rates}")
+
+
+def cores_per_gpu(rates: dict, per_process: float) -> dict:
+    """Loader processes to reach each rate, plus one core for the training process itself."""
+    return {scheme: dict(gpu_img_s=rate, loader_processes=math.ceil(rate / per_process),
+                         cores=math.ceil(rate / per_process) + 1) for scheme, rate in rates.items()}
+
+
+class Timed:
+    """A loader's batches for the loop; before handing out batch `mark` it waits for the device to finish
+    the steps before, and starts the clock."""
+
+    def __init__(self, batches, sampler, mark: int):
+        self.batches, self.sampler, self.mark, self.start = batches, sampler, mark, None
+
+    def __iter__(self):
+        for i, item in enumerate(self.batches):
+            if i == self.mark:
+                torch.cuda.synchronize()
+                self.start = time.perf_counter()
+            yield item
+
+    def __len__(self):
+        return len(self.batches)
+
+
+def timed_epoch(run: Run, batches, workers: int) -> float:
+    """img/s of Run.train_one_epoch over `batches`, from the last batch of the loader processes' first wave
+    to the end (the epoch ends by reading its sums: a sync)."""
+    real = run.train_loader
+    mark = min(workers, len(batches) - 1) - 1
+    run.train_loader = Timed(batches, real.sampler, mark)
+    try:
+        run.train_one_epoch()
+        end = time.perf_counter()
+    finally:
+        timed, run.train_loader = run.train_loader, real
+    return (len(batches) - mark) * run.cfg.batch_size / (end - timed.start)
+
+
+def train_rates(root: Path, args, variant: str, alpha: float) -> dict:
+    """End-to-end img/s of one epoch against the same steps on one batch already on the device."""
+    with tempfile.TemporaryDirectory() as out:
+        cfg = get_recipe("imagenet-resnet50", data=str(root), device="cuda", out=out, batch_size=args.batch,
+                         loader_workers=args.train_workers, variant=variant, alpha=alpha)
+        cfg = cfg.replace(perturbation_batch=None)  # the recipe's 64 per rank is for 8 GPUs; here one
+        run = Run(cfg)
+        images, targets = next(iter(run.train_loader))
+        on_device = [(images.to(run.device), targets.to(run.device))]
+        timed_epoch(run, on_device * args.warmup, args.train_workers)  # cuDNN's search, the allocator
+        end_to_end = timed_epoch(run, run.train_loader, args.train_workers)
+        synthetic = timed_epoch(run, on_device * len(run.train_loader), args.train_workers)
+        amp = str(run.amp_dtype).removeprefix("torch.")
+        result = dict(variant=variant, alpha=alpha, model=cfg.model, batch=cfg.batch_size, amp=amp,
+                      channels_last=cfg.channels_last, loader_workers=cfg.loader_workers,
+                      steps=len(run.train_loader), end_to_end_img_s=end_to_end, synthetic_img_s=synthetic,
+                      ratio=end_to_end / synthetic, within_10_percent=end_to_end >= 0.9 * synthetic)
+        del run, on_device
+        gc.collect()
+        torch.cuda.empty_cache()
+    return result
+
+
+def cpu_model() -> str:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or "unknown"
+    found = re.search(r"^model name\s*:\s*(.+)$", text, re.MULTILINE)
+    return found.group(1).strip() if found else platform.processor() or "unknown"
+
+
+def main():
+    cpus = len(os.sched_getaffinity(0))
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--images", type=int, default=0, help="training JPEGs to write, if more than the "
+                   "measurements take")
+    p.add_argument("--classes", type=int, default=10)
+    p.add_argument("--grain", type=float, default=8.0, help="std of the grain on the smooth images")
+    p.add_argument("--workers", default=f"1,{max(2, cpus - 2)}", help="loader process counts for (a)")
+    p.add_argument("--loader-batch", type=int, default=32, help="batch of (a)'s loader")
+    p.add_argument("--waves", type=int, default=20, help="(a): batches timed per loader process")
+    p.add_argument("--rates", default="bench/results", help="folder with step_ratio-*.json (GPU img/s)")
+    p.add_argument("--gpu-img-s", type=lambda s: tuple(float(v) for v in s.split(",")),
+                   default=(3000.0, 1500.0),
+                   help="standard,gnp img/s of one GPU when no step_ratio JSON has them")
+    p.add_argument("--train", action="store_true", help="(b): the whole loop on CUDA")
+    p.add_argument("--train-workers", type=int, help="(b)'s loader processes (default: most of --workers)")
+    p.add_argument("--batch", type=int, default=256, help="(b)'s batch")
+    p.add_argument("--steps", type=int, default=40, help="(b)'s timed steps (one epoch)")
+    p.add_argument("--warmup", type=int, default=10, help="(b)'s untimed steps first")
+    p.add_argument("--variants", default="standard,gnp", help="(b)'s variants (gnp at α = 0.8)")
+    p.add_argument("--note", default="", help="what this machine is, for the JSON")
+    p.add_argument("--json", help="folder to write the figures to as JSON")
+    args = p.parse_args()
+    workers = [int(w) for w in args.workers.split(",")]
+    args.train_workers = args.train_workers or max(workers)
+    if args.train and not torch.cuda.is_available():
+        raise SystemExit("--train needs a CUDA GPU")
+    images = max(args.images, (args.waves + 1) * max(workers) * args.loader_batch,
+                 args.batch * args.steps if args.train else 0)
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    load = os.getloadavg()[0]
+    figures = dict(
+        device=device, cpu=cpu_model(), cpus=cpus, load_average_1min=load, note=args.note,
+        torch=torch.__version__, torchvision=torchvision.__version__, python=platform.python_version(),
+        date=datetime.date.today().isoformat(), args=vars(args),
+    )
+    print(f"{device}; {cpu_model()}, {cpus} CPUs (load {load:.1f}); torch {torch.__version__}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="pipeline-") as tmp:
+        root = Path(tmp)
+        figures["data"] = write_dataset(root, images, args.classes, args.grain, cpus)
+        d = figures["data"]
+        print(f"wrote {images} JPEGs (500x375 q90, mean {d['mean_jpeg_bytes'] / 1e3:.0f} KB; ImageNet's "
+              f"~110 KB) in {d['write_s']:.1f}s", flush=True)
+        figures["loader"] = [loader_rate(root, w, args.loader_batch, args.waves) for w in workers]
+        for r in figures["loader"]:
+            print(f"(a) loader, {r['workers']:2d} processes: {r['img_s']:7.0f} img/s, "
+                  f"{r['img_s_per_process']:5.0f} img/s per process (RRC+flip 224, uint8)", flush=True)
+        per_process = figures["loader"][-1]["img_s_per_process"]
+        rates, source = gpu_rates(args)
+        figures["gpu_rates_source"] = source
+        figures["cores_per_gpu"] = cores_per_gpu(rates, per_process)
+        print(f"    GPU rates {source}", flush=True)
+        for scheme, c in figures["cores_per_gpu"].items():
+            print(f"    {scheme:8s} at {c['gpu_img_s']:6.0f} img/s/GPU: {c['loader_processes']} loader "
+                  f"processes at {per_process:.0f} img/s each, {c['cores']} cores per GPU", flush=True)
+        if args.train:
+            alphas = {"standard": 0.0, "gnp": 0.8, "sam": 1.0}
+            figures["train"] = [train_rates(root, args, v, alphas[v]) for v in args.variants.split(",")]
+            for r in figures["train"]:
+                verdict = "within" if r["within_10_percent"] else "NOT within"
+                print(f"(b) {r['variant']:8s} {r['model']} batch {r['batch']} {r['amp']} channels_last, "
+                      f"{r['loader_workers']} loader processes: {r['end_to_end_img_s']:6.0f} img/s end to "
+                      f"end, {r['synthetic_img_s']:6.0f} on a batch on the device: {r['ratio']:.3f} "
+                      f"({verdict} 10%)", flush=True)
+    if args.json:
+        name = re.sub(r"[^A-Za-z0-9]+", "-", device).strip("-").lower()
+        path = Path(args.json) / f"pipeline-{name}-{figures['date']}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(figures, indent=1))
+        print(f"wrote {path}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

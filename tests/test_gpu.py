@@ -1,0 +1,278 @@
+"""The GPU tier: training runs, every variant's update, evaluation, exact resume and torch.compile on CUDA.
+
+Skipped without a CUDA GPU. `GNP_GPU_TIER_DEVICE=cpu` runs the same tests on the CPU (the shapes are small
+already), to check the tier's own logic on a machine without a GPU; the CUDA-only checks skip there.
+
+    PYTHONPATH=. python3 -m pytest -m gpu tests/test_gpu.py -q
+"""
+
+import copy
+import math
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from test_optim import batch, mlp, reference_gradient
+from torch import nn
+
+from gnp import checkpoint
+from gnp.data import normalize
+from gnp.loop import Run, train
+from gnp.models import build_model
+from gnp.optim import GNP
+from gnp.recipes import get_recipe
+
+DEVICE = os.environ.get("GNP_GPU_TIER_DEVICE", "cuda")
+CUDA = DEVICE == "cuda"
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(CUDA and not torch.cuda.is_available(),
+                       reason="needs a CUDA GPU (GNP_GPU_TIER_DEVICE=cpu runs this tier on the CPU)"),
+]
+cuda_only = pytest.mark.skipif(not CUDA, reason="a CUDA-only check")
+
+ALPHA = {"standard": 0.0, "gnp": 0.5, "sam": 1.0}
+AMPS = ("none", "bf16", "fp16")
+R = 0.05
+
+
+def count_images(folder: Path) -> int:
+    return sum(1 for p in folder.rglob("*") if p.suffix == ".JPEG")
+
+
+def recipe(out, **overrides):
+    """The digits recipe on the tier's device: 2 epochs, 2 loader processes (pinned memory on CUDA)."""
+    return get_recipe("digits", **{"out": str(out), "device": DEVICE, "epochs": 2, "loader_workers": 2,
+                                   **overrides})
+
+
+def comparable(rows):
+    return [{k: v for k, v in r.items() if k not in ("wall_s", "images_per_s")} for r in rows]
+
+
+@pytest.fixture(scope="module")
+def tiny_imagenet(tmp_path_factory):
+    """4 classes × 12 train / 5 val smooth JPEGs (80×64, q90) in the ImageNet layout; a class is a colour
+    and a stripe direction, so the images are learnable, not noise."""
+    root = tmp_path_factory.mktemp("tiny-imagenet")
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:64, 0:80] / 64.0
+    for c in range(4):
+        colour, angle = np.array([0.2, 0.5, 0.8]) * (1 + c) % 1, c * np.pi / 4
+        for split, n in (("train", 12), ("val", 5)):
+            folder = root / split / f"n0000000{c}"
+            folder.mkdir(parents=True)
+            for i in range(n):
+                phase, freq = rng.uniform(0, 2 * np.pi), rng.uniform(4, 8)
+                wave = 0.5 + 0.5 * np.cos(freq * (xx * np.cos(angle) + yy * np.sin(angle)) + phase)
+                pixels = 255 * (0.6 * colour + 0.4 * wave[..., None] * rng.uniform(0.5, 1, 3))
+                image = Image.fromarray(pixels.clip(0, 255).astype(np.uint8))
+                image.save(folder / f"{split}_{i}.JPEG", quality=90)
+    return root
+
+
+def imagenet(out, root, **overrides):
+    return recipe(out, **{"dataset": "imagenet", "data": str(root), "augmentation": "rrc+flip",
+                          "image_size": 32, "batch_size": 16, "channels_last": True, **overrides})
+
+
+def check_rows(rows, cfg, root, *, learns):
+    """What every run must give: ok rows with finite numbers, every validation image counted once, the
+    two-pass steps counted, the fp16 scaler on exactly when amp=fp16, and (where meaningful) a lower loss."""
+    steps = count_images(root / "train") // cfg.batch_size
+    assert [r["epoch"] for r in rows] == list(range(1, cfg.epochs + 1))
+    for r in rows:
+        assert r["status"] == "ok", r
+        assert math.isfinite(r["train_loss"]) and math.isfinite(r["grad_norm"]) and r["grad_norm"] > 0, r
+        assert r["val_images"] == count_images(root / "val"), r
+        if cfg.variant != "standard":  # standard's column counts the steps its schedule marked (one pass)
+            assert r["regularized_steps"] == steps, r
+        assert r["skipped_steps"] < steps if cfg.amp == "fp16" else r["skipped_steps"] == 0, r
+        assert r["device"] == (torch.cuda.get_device_name() if CUDA else "cpu")
+    saved = checkpoint.load(Path(cfg.out) / checkpoint.FILENAME)
+    assert bool(saved["scaler"]) == (cfg.amp == "fp16")  # a disabled GradScaler saves an empty state
+    if learns:
+        assert rows[-1]["train_loss"] < rows[0]["train_loss"], rows
+        assert rows[-1]["test_top1_err"] < 80, rows  # chance is 90%
+
+
+# ---- training runs --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("amp", AMPS)
+@pytest.mark.parametrize("variant", ALPHA)
+def test_digits_train_in_every_precision(digits_root, tmp_path, variant, amp):
+    cfg = recipe(tmp_path, variant=variant, alpha=ALPHA[variant], amp=amp)
+    check_rows(train(cfg), cfg, digits_root, learns=True)
+
+
+@pytest.mark.parametrize("amp", AMPS)
+@pytest.mark.parametrize("variant", ALPHA)
+def test_an_imagenet_folder_trains_with_random_resized_crops(tiny_imagenet, tmp_path, variant, amp):
+    """3 steps an epoch: too few to ask for learning, enough for the JPEG → uint8 → device path."""
+    cfg = imagenet(tmp_path, tiny_imagenet, variant=variant, alpha=ALPHA[variant], amp=amp)
+    check_rows(train(cfg), cfg, tiny_imagenet, learns=False)
+
+
+def test_resnet18_on_an_imagenet_folder(tiny_imagenet, tmp_path):
+    cfg = imagenet(tmp_path, tiny_imagenet, model="resnet18", image_size=64, variant="gnp", alpha=0.5,
+                   amp="bf16" if CUDA else "none")
+    check_rows(train(cfg), cfg, tiny_imagenet, learns=False)
+
+
+# ---- one step of every variant against the float64 formulas ---------------------------------------------
+
+UPDATES = [("standard", 0.0, "paper"), ("gnp", 0.3, "paper"), ("gnp", 0.8, "official"), ("sam", 1.0, "paper"),
+           ("fgr", 0.5, "paper"), ("bgr", 0.5, "paper"), ("asam", 0.5, "paper"), ("db", 0.4, "paper")]
+
+
+def device_gradient(model, x, y, variant, alpha, mix, l2, amp):
+    """The g of one step on the tier's device (lr 1, so g = θ before − θ after), in float64 on the CPU."""
+    model = copy.deepcopy(model).to(DEVICE)
+    x, y = x.to(DEVICE), y.to(DEVICE)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+    scaler = torch.amp.GradScaler(DEVICE, init_scale=2.0**10) if amp == "fp16" else None
+    opt = GNP(model, torch.optim.SGD, alpha=alpha, r=R, variant=variant, mix=mix, weight_decay=l2, lr=1.0,
+              grad_scaler=scaler)
+    before = {k: p.detach().clone() for k, p in model.named_parameters()}
+
+    def closure(create_graph=False):
+        with torch.autocast(DEVICE, dtype=dtype, enabled=dtype is not None):
+            loss = F.cross_entropy(model(x), y)
+        (scaler.scale(loss) if scaler else loss).backward(create_graph=create_graph)
+        return loss
+
+    opt.step(closure)
+    assert opt.skipped is None if scaler is None else not opt.skipped.item()
+    return {k: (before[k] - p.detach()).double().cpu() for k, p in model.named_parameters()}
+
+
+def expected_gradient(model, x, y, variant, alpha, mix, l2):
+    """tests/test_optim.py's float64 formulas, at the same float32 weights (standard is gnp at α = 0)."""
+    name = "gnp" if variant == "standard" else variant
+    return reference_gradient(copy.deepcopy(model).double(), x.double(), y, name, alpha, R, l2, mix)
+
+
+@pytest.mark.parametrize("l2", [0.0, 0.01])
+@pytest.mark.parametrize("variant,alpha,mix", UPDATES)
+def test_each_variant_step_in_float32_matches_the_float64_formula(variant, alpha, mix, l2):
+    model, (x, y) = mlp(), batch()
+    got = device_gradient(model, x, y, variant, alpha, mix, l2, "none")
+    expected = expected_gradient(model, x, y, variant, alpha, mix, l2)
+    for k in expected:
+        torch.testing.assert_close(got[k], expected[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+def relative_error(got, expected):
+    diff = torch.sqrt(sum(((got[k] - expected[k]) ** 2).sum() for k in expected))
+    return (diff / torch.sqrt(sum((v**2).sum() for v in expected.values()))).item()
+
+
+@pytest.mark.parametrize("amp,tolerance", [("bf16", 0.03), ("fp16", 0.005)])
+@pytest.mark.parametrize("variant,alpha,mix", UPDATES)
+def test_each_variant_step_under_autocast_is_near_the_float64_formula(variant, alpha, mix, amp, tolerance):
+    """bf16 keeps 8 bits of mantissa, fp16 11 (with the GradScaler): ‖g − g_exact‖/‖g_exact‖ within those."""
+    model, (x, y) = mlp(), batch()
+    got = device_gradient(model, x, y, variant, alpha, mix, 0.01, amp)
+    assert relative_error(got, expected_gradient(model, x, y, variant, alpha, mix, 0.01)) < tolerance
+
+
+# ---- evaluation, resume, compile, host syncs ------------------------------------------------------------
+
+
+def test_evaluation_counts_every_validation_image_once(tiny_imagenet, tmp_path):
+    """20 images in batches of 16 (a partial last batch); the errors agree with one image at a time."""
+    run = Run(imagenet(tmp_path, tiny_imagenet, variant="gnp", alpha=0.5, epochs=1))
+    run.run_epoch()
+    top1, top5, n = run.evaluate()
+    assert n == count_images(tiny_imagenet / "val") == 20
+    assert top5 == 0.0  # 4 classes: the top-4 (k = min(5, classes)) always holds the label
+    wrong = 0
+    with torch.no_grad():
+        for image, target in run.val_loader.dataset:
+            logits = run.model(normalize(image[None].to(run.device), run.memory_format))
+            wrong += int(logits.argmax(1).item() != target)
+    assert abs(top1 - 100 * wrong / n) <= 100 / n + 1e-9  # one near-tie may flip with the batch shape
+
+
+def with_dropout(name, num_classes):
+    """The model with dropout before its head: training then draws from the device's generator."""
+    model = build_model(name, num_classes)
+    return nn.Sequential(*model[:-1], nn.Dropout(0.3), model[-1])
+
+
+@pytest.fixture
+def deterministic():
+    before = torch.backends.cudnn.deterministic
+    torch.backends.cudnn.deterministic = True
+    yield
+    torch.backends.cudnn.deterministic = before
+
+
+def test_resume_from_a_checkpoint_continues_exactly_with_the_device_generator(
+        digits_root, tmp_path, monkeypatch, deterministic):
+    """2 epochs straight = 1 epoch, a stop, and a resume; with a stale device generator it is not."""
+    monkeypatch.setattr("gnp.loop.build_model", with_dropout)
+    # On a CPU, dropout shares the global generator with DataLoader, whose persistent iterators draw their
+    # base seed from it once per loader: a resumed run draws in epoch 2, a straight one did in epoch 1.
+    cfg = dict(variant="gnp", alpha=0.5, amp="bf16" if CUDA else "none", loader_workers=2 if CUDA else 0)
+    straight = train(recipe(tmp_path / "a", **cfg))
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_epoch_1(row, folder):
+        if row["epoch"] == 1:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train(recipe(tmp_path / "b", **cfg), report=stop_after_epoch_1)
+    state = checkpoint.load(tmp_path / "b" / checkpoint.FILENAME)
+    assert state["epoch"] == 1 and (state["rng"][0]["cuda"] is not None) == CUDA
+    resumed = train(recipe(tmp_path / "b", **cfg), resume=state)
+    assert comparable(resumed) == comparable(straight)
+    final, again = (checkpoint.load(tmp_path / d / checkpoint.FILENAME)["model"] for d in ("a", "b"))
+    assert all(torch.equal(final[k], again[k]) for k in final)
+
+    generator = "cuda" if CUDA else "torch"  # the one dropout draws from
+    state["rng"][0][generator] = torch.Generator(DEVICE).manual_seed(12345).get_state()
+    stale = train(recipe(tmp_path / "c", **cfg), resume=state)
+    assert stale[1]["train_loss"] != straight[1]["train_loss"]
+
+
+def test_a_compiled_model_trains_and_the_second_epoch_compiles_nothing(digits_root, tmp_path):
+    """Both passes of a step and every later step reuse the first graphs: a recompile per step would show
+    as many graphs in epoch 1 (up to dynamo's limit), a guard on something that changes as more in epoch 2."""
+    from torch._dynamo.utils import counters  # here: importing dynamo costs the suite's collection seconds
+
+    torch._dynamo.reset()
+    counters.clear()
+    graphs = []
+    cfg = recipe(tmp_path, variant="gnp", alpha=0.5, amp="bf16" if CUDA else "none", compile=True)
+    rows = train(cfg, report=lambda row, folder: graphs.append(counters["stats"]["unique_graphs"]))
+    check_rows(rows, cfg, digits_root, learns=True)
+    assert 1 <= graphs[0] <= 3 and graphs[1] == graphs[0], graphs
+    saved = checkpoint.load(tmp_path / checkpoint.FILENAME)
+    assert not any(k.startswith("_orig_mod.") for k in saved["model"])  # the plain module's names
+
+
+@cuda_only
+def test_a_training_epoch_does_not_sync_the_host_every_step(digits_root, tmp_path):
+    """The per-step sums stay on the device: one sync at the epoch's end (reading the sums), none a step."""
+    run = Run(recipe(tmp_path, variant="gnp", alpha=0.5, amp="bf16"))
+    run.run_epoch()  # the first epoch pays for cuDNN's search and the loader's start
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            run.train_one_epoch()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    syncs = [w for w in caught if "synchroniz" in str(w.message)]
+    assert 1 <= len(syncs) < run.steps_per_epoch // 2, [str(w.message) for w in syncs]
