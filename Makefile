@@ -20,7 +20,7 @@ PAPER_GRID = --recipe $(RECIPE) --data $(DATA) --seeds 0,1,2 --alpha 0,0.2,0.3,1
 	--workers $(WORKERS) --gpus-per-worker 1 --experiment $(or $(EXPERIMENT),$(RECIPE)-paper)
 GRID ?= $(if $(DATA),$(PAPER_GRID),$(DEMO_GRID))
 
-.PHONY: install test imagenet train tables lint bench submit clean
+.PHONY: install test test-gpu imagenet train tables lint bench submit clean
 
 install: $(VENV)/.installed
 
@@ -32,6 +32,12 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
+
+# The CUDA tier and the GPU benchmarks on a machine with one GPU: torch and torchvision are enough (no Ray,
+# no .venv), logs and JSON under OUT (about 9 minutes on an H100).
+OUT ?= bench/results/gpu-run
+test-gpu:
+	bash bench/gpu.sh $(OUT)
 
 imagenet: $(VENV)/.installed
 	$(PY) -m jobs.grid $(GRID) --results $(RESULTS)

@@ -13,10 +13,12 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch import nn
 
 from gnp import checkpoint
 from gnp.data import build_loaders
 from gnp.loop import Run, eval_counts, regularizes, step_sums, train
+from gnp.models import build_model
 from gnp.recipes import get_recipe
 from gnp.train import main
 
@@ -90,10 +92,16 @@ def test_resuming_from_a_checkpoint_continues_exactly(digits_root, tmp_path, var
         assert torch.equal(tensor, again["model"][name]), name
 
 
+def with_dropout(name, num_classes):
+    model = build_model(name, num_classes)
+    return nn.Sequential(*model[:-1], nn.Dropout(0.2), model[-1])
+
+
 def test_a_kill_mid_epoch_resumes_to_the_same_rows_with_loader_workers(digits_root, tmp_path, monkeypatch):
     """Loader processes (persistent, 2 then 1 after the restart) cannot change a number: augmentation is
     a function of (seed, epoch, sample index), not of a worker's stream."""
     cfg = dict(epochs=2, variant="gnp", alpha=0.5, batch_size=64)
+    monkeypatch.setattr("gnp.loop.build_model", with_dropout)  # the CPU generator is drawn from in training
     straight = train(digits(tmp_path / "a", loader_workers=2, **cfg))
     with monkeypatch.context() as patch:
         patch.setattr(Run, "regularization_ramp", crash_in_epoch(2, at_step=7))
