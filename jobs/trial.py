@@ -18,6 +18,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from gnp import checkpoint
 from gnp.config import TrainConfig
 from gnp.train import train
+from jobs.options import Placement
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -44,22 +45,6 @@ def train_loop_per_worker(config: dict) -> None:
         shutil.rmtree(out, ignore_errors=True)
 
 
-@dataclasses.dataclass
-class Placement:
-    """How many Train workers a trial gets and what each one holds."""
-
-    workers: int = 2
-    gpus_per_worker: float = 0.0
-    cpus_per_worker: float = 1.0
-
-    @property
-    def use_gpu(self) -> bool:
-        return self.gpus_per_worker > 0
-
-    def per_trial(self) -> dict:
-        return {"CPU": self.workers * self.cpus_per_worker, "GPU": self.workers * self.gpus_per_worker}
-
-
 def fit_trial(cfg: TrainConfig, placement: Placement, *, storage: str, name: str, max_failures: int = 3,
               callbacks=(), loop=train_loop_per_worker) -> ray.train.Result:
     """Train one configuration on `placement.workers` DDP workers; reusing `name` resumes that run.
@@ -68,14 +53,12 @@ def fit_trial(cfg: TrainConfig, placement: Placement, *, storage: str, name: str
     """
     if not placement.use_gpu and cfg.threads == 0:
         cfg = cfg.replace(threads=max(1, int(placement.cpus_per_worker)))
-    resources = {"CPU": placement.cpus_per_worker}
-    if placement.use_gpu:
-        resources["GPU"] = placement.gpus_per_worker
     trainer = TorchTrainer(
         loop,
         train_loop_config={"train": dataclasses.asdict(cfg)},
+        # STRICT_PACK: all of a trial's workers on one node (no EFA here: DDP across nodes would crawl)
         scaling_config=ScalingConfig(num_workers=placement.workers, use_gpu=placement.use_gpu,
-                                     resources_per_worker=resources),
+                                     resources_per_worker=placement.resources(), placement_strategy="STRICT_PACK"),
         run_config=ray.train.RunConfig(
             name=name, storage_path=storage, callbacks=list(callbacks),
             failure_config=FailureConfig(max_failures=max_failures),
