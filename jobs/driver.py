@@ -16,7 +16,7 @@ from gnp.config import TrainConfig, trial_key
 from gnp.errors import UserError
 from jobs import results as res
 
-TRIAL_DRIVER_CPU = 0.01  # without a trial_driver resource: a sliver (a whole CPU per driver starves small nodes)
+TRIAL_DRIVER_CPU = 0.01  # without a trial_driver resource: a sliver (a CPU per driver starves small nodes)
 TRIAL_DRIVER = "trial_driver"  # the head's custom resource: drivers off the (preemptible) GPU nodes
 TABLE_PARAMETERS = {"train/variant": "scheme", "train/alpha": "α", "train/r": "r", "train/seed": "seed"}
 TABLE_METRICS = {"epoch": "epoch", "test_top1_err": "top-1 err %", "images_per_s": "img/s"}
@@ -124,8 +124,8 @@ def fit_grid(configs: list[TrainConfig], *, run: dict, storage: str, concurrent:
         run_config=tune.RunConfig(
             name=f"{run['experiment']}-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=storage, verbose=1,
             failure_config=tune.FailureConfig(max_failures=run["max_failures"]), callbacks=callbacks,
-            progress_reporter=tune.CLIReporter(parameter_columns=TABLE_PARAMETERS, metric_columns=TABLE_METRICS,
-                                               max_report_frequency=60),
+            progress_reporter=tune.CLIReporter(parameter_columns=TABLE_PARAMETERS,
+                                               metric_columns=TABLE_METRICS, max_report_frequency=60),
         ),
     )
     grid = tuner.fit()

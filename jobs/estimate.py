@@ -46,8 +46,9 @@ def rate_for(cfg: TrainConfig, on_gpu: bool, rates: list[dict]) -> dict | None:
     """The median measured rate for this model on this kind of device, its variant first."""
     same_device = [r for r in rates if r["model"] == cfg.model and (r["device"] != "cpu") == on_gpu]
     passes = variants.REGISTRY[cfg.variant].passes
+    registry = variants.REGISTRY
     for match in (lambda r: r["variant"] == cfg.variant,
-                  lambda r: r["variant"] in variants.REGISTRY and variants.REGISTRY[r["variant"]].passes == passes):
+                  lambda r: r["variant"] in registry and registry[r["variant"]].passes == passes):
         found = sorted((r for r in same_device if match(r)), key=lambda r: r["per_device"])
         if found:
             return found[len(found) // 2]
@@ -59,10 +60,12 @@ def print_plan(configs: list[TrainConfig], *, experiment: str, results: str, tra
     on_gpu = gpus_per_worker > 0
     unit = "GPU-h" if on_gpu else "CPU-worker-h"
     rates = measured_rates(results)
-    print(f"{'trial key':<19} {'scheme':<9} {'α':>6} {'r':>6} {'seed':>4}  {'finished':<8} {unit:>12}  measured on")
-    total, todo, missing = 0.0, 0.0, 0
+    print(f"{'trial key':<19} {'scheme':<9} {'α':>6} {'r':>6} {'seed':>4}  {'finished':<8} {unit:>12}  "
+          "measured on")
+    total, todo, missing, to_run = 0.0, 0.0, 0, 0
     for cfg in configs:
         done = res.finished_trial(results, experiment, trial_key(cfg), cfg.epochs)
+        to_run += not done
         rate = rate_for(cfg, on_gpu, rates)
         hours = None
         if rate and train_images:
@@ -75,6 +78,5 @@ def print_plan(configs: list[TrainConfig], *, experiment: str, results: str, tra
         print(f"{trial_key(cfg):<19} {cfg.variant:<9} {cfg.alpha:>6g} {cfg.r:>6g} {cfg.seed:>4}  "
               f"{'yes' if done else 'no':<8} {'?' if hours is None else f'{hours:.3f}':>12}  {source}")
     why = "" if train_images else " (the training images were not counted here)"
-    print(f"{len(configs)} trials, {sum(not res.finished_trial(results, experiment, trial_key(c), c.epochs) for c in configs)} "
-          f"to run: {todo:.2f} {unit} to go, {total:.2f} in all" +
+    print(f"{len(configs)} trials, {to_run} to run: {todo:.2f} {unit} to go, {total:.2f} in all" +
           (f"; {missing} trial(s) without a measurement{why}" if missing else ""))

@@ -129,9 +129,9 @@ def run(args) -> int:
         concurrent = args.max_concurrent
     res.write_grid(results, experiment, record)  # only now: a refused grid reserves no name
     where = args.data or "the embedded digits (no --data given)"
-    print(f"experiment {experiment}: {len(configs)} trials of {args.recipe} on {where} ({options.describe(dataset)}), "
-          f"{len(configs) - len(todo)} finished, {placement.workers} workers each, {concurrent} at once; "
-          f"results in {results}/{experiment}", flush=True)
+    print(f"experiment {experiment}: {len(configs)} trials of {args.recipe} on {where} "
+          f"({options.describe(dataset)}), {len(configs) - len(todo)} finished, {placement.workers} workers "
+          f"each, {concurrent} at once; results in {results}/{experiment}", flush=True)
     run_context = dict(
         experiment=experiment, results=results, train_storage=f"{storage.rstrip('/')}/{experiment}-train",
         placement=dataclasses.asdict(placement), max_failures=args.max_failures,
@@ -142,7 +142,8 @@ def run(args) -> int:
     errors = {}
     if todo:
         try:
-            errors = fit_grid(todo, run=run_context, storage=storage, concurrent=concurrent, callbacks=callbacks)
+            errors = fit_grid(todo, run=run_context, storage=storage, concurrent=concurrent,
+                              callbacks=callbacks)
         except KeyboardInterrupt:
             print(f"interrupted; rerun the same command to resume {experiment} (finished trials are kept)",
                   file=sys.stderr, flush=True)

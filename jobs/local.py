@@ -22,9 +22,9 @@ def token_path() -> Path:
 def private_token() -> Path:
     """The auth token file, made 0600 if missing; one readable by the group or others is an error."""
     path = token_path()
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
-        fd = os.open(path if path.parent.is_dir() else _made_parent(path), os.O_WRONLY | os.O_CREAT | os.O_EXCL,
-                     0o600)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
         mode = stat.S_IMODE(path.stat().st_mode)
         if mode & 0o077:
@@ -33,11 +33,6 @@ def private_token() -> Path:
         return path
     with os.fdopen(fd, "w") as f:
         f.write(secrets.token_hex(32))
-    return path
-
-
-def _made_parent(path: Path) -> Path:
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     return path
 
 
@@ -55,4 +50,4 @@ def start() -> str:
     os.environ["RAY_AUTH_TOKEN_PATH"] = str(private_token())
     context = ray.init(_node_ip_address=LOOPBACK, include_dashboard=True, dashboard_host=LOOPBACK,
                        log_to_driver=True)
-    return f"http://{context.dashboard_url}" if context.dashboard_url else "none (the dashboard did not start)"
+    return f"http://{context.dashboard_url}" if context.dashboard_url else "none (it did not start)"

@@ -25,8 +25,13 @@ DEFAULT_AXES = {"seed": [0, 1, 2], "alpha": [0.0, 0.2, 0.3, 1.0], "variant": ["g
 LOGGERS = ("mlflow", "wandb")
 
 
+def dest(name: str) -> str:
+    """The attribute a field's option parses into (`args.seeds` for the seed)."""
+    return AXES.get(name, name)
+
+
 def flag(name: str) -> str:
-    return "--" + AXES.get(name, name).replace("_", "-")
+    return "--" + dest(name).replace("_", "-")
 
 
 def swept_fields() -> list[str]:
@@ -51,7 +56,8 @@ def checked(name: str, text: str):
     try:
         value = parse_value(name, text)
     except UserError as err:
-        raise argparse.ArgumentTypeError(str(err).replace(f"--{name.replace('_', '-')}", flag(name))) from None
+        message = str(err).replace(f"--{name.replace('_', '-')}", flag(name))
+        raise argparse.ArgumentTypeError(message) from None
     allowed = FIELDS[name].metadata["choices"]
     if allowed and value not in allowed:
         raise argparse.ArgumentTypeError(f"{flag(name)} takes {', '.join(allowed)}; got {text!r}")
@@ -100,13 +106,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = Parser(prog="python -m jobs.grid", description=grid.__doc__,
                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--recipe", default="digits", help=f"the preset the values start from: {', '.join(RECIPES)}")
+    p.add_argument("--recipe", default="digits",
+                   help=f"the preset the values start from: {', '.join(RECIPES)}")
     axes = p.add_argument_group("the grid (its product; every training option)")
     for name in swept_fields():
         kwargs = dict(type=value_list(name), default=None, help=field_help(name), metavar="V1,V2")
         if base_type(name) is bool:
             kwargs.update(nargs="?", const=[True])
-        axes.add_argument(flag(name), dest=name, **kwargs)
+        axes.add_argument(flag(name), dest=dest(name), **kwargs)
     runtime = p.add_argument_group("where and how fast (one value each; not part of a trial's key)")
     for name in SINGLE_RUNTIME:
         runtime.add_argument(flag(name), dest=name, type=one_value(name), default=None, help=field_help(name))
@@ -116,13 +123,16 @@ def build_parser() -> argparse.ArgumentParser:
                           "global batch splits over them into the per-rank batch (default 2)")
     ray.add_argument("--gpus-per-worker", type=float, default=0.0, help="0 trains on CPU with gloo (default)")
     ray.add_argument("--cpus-per-worker", type=float, help="CPUs reserved per worker (default 1)")
-    ray.add_argument("--max-concurrent", type=int, help="trials at once (default: as many as the cluster fits)")
+    ray.add_argument("--max-concurrent", type=int,
+                     help="trials at once (default: as many as the cluster fits)")
     ray.add_argument("--max-failures", type=int, default=3,
                      help="restarts of a trial's worker group, and retries of a trial, each from its last "
                           "checkpoint (default 3)")
     ray.add_argument("--experiment", help="name; the same name resumes or extends it (default <recipe>-grid)")
-    ray.add_argument("--results", default="results", help="folder or URI for the Parquet tables (default results)")
-    ray.add_argument("--storage", help="Ray storage folder or URI (default <results>/_ray); shared by all nodes")
+    ray.add_argument("--results", default="results",
+                     help="folder or URI for the Parquet tables (default results)")
+    ray.add_argument("--storage",
+                     help="Ray storage folder or URI (default <results>/_ray); shared by all nodes")
     ray.add_argument("--no-resource-check", action="store_true",
                      help="skip the check that one trial fits the cluster before anything starts")
     ray.add_argument("--logger", choices=LOGGERS, action="append", default=[],
@@ -175,7 +185,7 @@ def axes_of(args) -> dict[str, list]:
     recipe = RECIPES[args.recipe]
     axes = {}
     for name in swept_fields():
-        given = getattr(args, name)
+        given = getattr(args, dest(name))
         values = given if given is not None else DEFAULT_AXES.get(name, [getattr(recipe, name)])
         unique = []
         for v in values:
@@ -184,8 +194,8 @@ def axes_of(args) -> dict[str, list]:
         axes[name] = unique
     for v in axes["variant"]:
         if v not in variants.sweepable():
-            raise UserError(f"--variant takes {', '.join(variants.sweepable())} (α = 0 and α = 1 make standard "
-                            f"and SAM); got {v!r}")
+            raise UserError(f"--variant takes {', '.join(variants.sweepable())} (α = 0 and α = 1 make "
+                            f"standard and SAM); got {v!r}")
     return axes
 
 
@@ -250,11 +260,12 @@ def grid_conflict(before: dict, now: dict) -> str | None:
     if before.get("dataset") != now["dataset"]:
         return f"--data holds another dataset than the one it ran on ({describe(before.get('dataset'))})"
     for name, values in now["axes"].items():
-        old = before.get("axes", {}).get(name, [getattr(RECIPES[now["recipe"]], name)])  # an option added since
+        # An option added since that record: it ran at the recipe's value.
+        old = before.get("axes", {}).get(name, [getattr(RECIPES[now["recipe"]], name)])
         dropped = [v for v in old if json.dumps(v) not in {json.dumps(x) for x in values}]
         if dropped:
-            return (f"{flag(name)} ran {','.join(map(str, old))}; this command drops {','.join(map(str, dropped))} "
-                    "(add values to extend an experiment, never remove them)")
+            return (f"{flag(name)} ran {','.join(map(str, old))}; this command drops "
+                    f"{','.join(map(str, dropped))} (add values to extend an experiment, never remove them)")
     return None
 
 

@@ -1,6 +1,6 @@
 """Submit the grid to a Ray cluster through the Jobs API (what `make submit` runs).
 
-    python -m jobs.submit --address http://127.0.0.1:8265 -- --recipe imagenet-resnet50 --data /mnt/imagenet ...
+    python -m jobs.submit --address http://127.0.0.1:8265 -- --recipe imagenet-resnet50 --data /mnt/imagenet
 
 The working tree is uploaded without .venv, .git, results, runs and data, with the code's version (computed
 here, where the command is typed: the cluster has no .git) for the rows. The job runs `--python` on the

@@ -58,7 +58,8 @@ def fit_trial(cfg: TrainConfig, placement: Placement, *, storage: str, name: str
         train_loop_config={"train": dataclasses.asdict(cfg)},
         # STRICT_PACK: all of a trial's workers on one node (no EFA here: DDP across nodes would crawl)
         scaling_config=ScalingConfig(num_workers=placement.workers, use_gpu=placement.use_gpu,
-                                     resources_per_worker=placement.resources(), placement_strategy="STRICT_PACK"),
+                                     resources_per_worker=placement.resources(),
+                                     placement_strategy="STRICT_PACK"),
         run_config=ray.train.RunConfig(
             name=name, storage_path=storage, callbacks=list(callbacks),
             failure_config=FailureConfig(max_failures=max_failures),

@@ -56,7 +56,7 @@ def test_a_new_field_at_its_default_leaves_keys_unchanged_and_off_it_changes_the
     grown = WithANewOption(**dataclasses.asdict(before))
     assert config_key(grown) == config_key(before) and trial_key(grown) == "fbc74d021ca6-s0"
     assert config_key(grown.replace(later_option=8)) != config_key(before)
-    assert config_key(before.replace(regularize_every=2)) != config_key(before)  # a later field off its default
+    assert config_key(before.replace(regularize_every=2)) != config_key(before)  # a later field, changed
 
 
 # ---- options: one per field --------------------------------------------------------------------------------
@@ -79,7 +79,7 @@ def test_values_parse_by_field_type():
     args = options.parse_args(["--seeds", "0,1", "--alpha", "-0.5,0", "--clip-grad-norm", "none,5",
                                "--channels-last", "--sync-perturbation", "true,false", "--variant-options",
                                "eta=0.1,x=2", "--mix", "paper,official"])
-    assert args.seed == [0, 1] and args.alpha == [-0.5, 0.0] and args.clip_grad_norm == [None, 5.0]
+    assert args.seeds == [0, 1] and args.alpha == [-0.5, 0.0] and args.clip_grad_norm == [None, 5.0]
     assert args.channels_last == [True] and args.sync_perturbation == [True, False]
     assert args.variant_options == [{"eta": 0.1, "x": 2.0}] and args.mix == ["paper", "official"]
 
@@ -152,19 +152,23 @@ def test_bad_values_exit_2_with_one_line_and_write_nothing(tmp_path, capfd, argv
     assert not (tmp_path / "r").exists()
 
 
+def grid_alone(*argv) -> subprocess.CompletedProcess:
+    """python -m jobs.grid in a process of its own, which prints at the end whether it imported Ray."""
+    code = ("import sys; from jobs import grid; code = grid.main(sys.argv[1:]); "
+            "print('ray' in sys.modules); sys.exit(code)")
+    return subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), "RAY_ADDRESS": ""})
+
+
 def test_bad_data_is_refused_before_ray_starts_and_writes_nothing(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_ADDRESS": ""}
-    out = subprocess.run([sys.executable, "-c", "import sys; from jobs import grid; code = grid.main(sys.argv[1:]); "
-                          "print('ray' in sys.modules); sys.exit(code)", "--data", str(tmp_path / "none"),
-                          "--results", str(tmp_path / "r"), "--seeds", "0"],
-                         capture_output=True, text=True, env=env, timeout=120)
+    out = grid_alone("--data", str(tmp_path / "none"), "--results", str(tmp_path / "r"), "--seeds", "0")
     assert out.returncode == 2 and out.stdout.strip() == "False"
-    assert out.stderr.strip().splitlines() == [f"error: dataset root {tmp_path / 'none'} does not exist; pass "
-                                               "the folder that holds train/ and val/"]
+    assert out.stderr.strip().splitlines() == [
+        f"error: dataset root {tmp_path / 'none'} does not exist; pass the folder that holds train/ and val/"]
     assert not (tmp_path / "r").exists()
 
 
-# ---- the recorded grid --------------------------------------------------------------------------------------
+# ---- the recorded grid ---------------------------------------------------------------------------------
 
 
 DIGITS = dict(classes=10, train_images=1437, val_images=360, fingerprint="abc")
@@ -179,20 +183,22 @@ def test_more_seeds_or_alphas_extend_an_experiment_and_fewer_or_other_ones_are_r
     before = record("--seeds", "0,1", "--alpha", "0,0.8")
     assert options.grid_conflict(before, record("--seeds", "0,1", "--alpha", "0,0.8")) is None
     assert options.grid_conflict(before, record("--seeds", "0,1,2", "--alpha", "0,0.8,1")) is None
-    assert options.grid_conflict(before, record("--seeds", "0,1", "--alpha", "0,0.8", "--mix", "paper,official")) \
-        is None
-    assert "--seeds ran 0,1; this command drops 1" in options.grid_conflict(before, record("--seeds", "0", "--alpha", "0,0.8"))
+    more = record("--seeds", "0,1", "--alpha", "0,0.8", "--mix", "paper,official")
+    assert options.grid_conflict(before, more) is None
+    fewer = record("--seeds", "0", "--alpha", "0,0.8")
+    assert "--seeds ran 0,1; this command drops 1" in options.grid_conflict(before, fewer)
     assert "--epochs ran 15; this command drops 15" in options.grid_conflict(
         before, record("--seeds", "0,1", "--alpha", "0,0.8", "--epochs", "2"))
-    assert options.grid_conflict(before, record("--recipe", "imagenet-resnet50", "--workers", "8")).startswith(
-        "--recipe was digits")
+    other = record("--recipe", "imagenet-resnet50", "--workers", "8")
+    assert options.grid_conflict(before, other).startswith("--recipe was digits")
 
 
 def test_another_workers_or_dataset_is_refused_with_the_option_named():
     before = record("--seeds", "0")
-    assert options.grid_conflict(before, record("--seeds", "0", "--workers", "4")).startswith("--workers was 2, now 4")
-    other = {**DIGITS, "fingerprint": "def"}
-    assert options.grid_conflict(before, record("--seeds", "0", dataset=other)).startswith("--data holds another")
+    workers = options.grid_conflict(before, record("--seeds", "0", "--workers", "4"))
+    assert workers.startswith("--workers was 2, now 4")
+    data = options.grid_conflict(before, record("--seeds", "0", dataset={**DIGITS, "fingerprint": "def"}))
+    assert data.startswith("--data holds another")
 
 
 def test_a_first_release_record_is_read():
@@ -208,7 +214,7 @@ def test_the_grid_record_round_trips(tmp_path):
     assert res.read_grid(str(tmp_path), "x") == json.loads(json.dumps(rec)) and rec["workers"] == 2
 
 
-# ---- dataset identity, rows, estimate, token ----------------------------------------------------------------
+# ---- dataset identity, rows, estimate, token -----------------------------------------------------------
 
 
 def tree(root: Path, sizes: dict) -> Path:
@@ -219,14 +225,15 @@ def tree(root: Path, sizes: dict) -> Path:
 
 
 def test_dataset_identity_names_the_data_not_its_path(tmp_path):
-    files = {"train/a/1.JPEG": 3, "train/a/2.JPEG": 4, "train/b/3.jpg": 5, "val/a/4.JPEG": 6, "val/b/5.png": 7,
-             "train/a/notes.txt": 1}
+    files = {"train/a/1.JPEG": 3, "train/a/2.JPEG": 4, "train/b/3.jpg": 5, "val/a/4.JPEG": 6,
+             "val/b/5.png": 7, "train/a/notes.txt": 1}
     a = dataset_identity(tree(tmp_path / "one", files))
     assert dataset_identity(tree(tmp_path / "two", files)) == a
     assert {k: a[k] for k in ("classes", "train_images", "val_images")} == dict(classes=2, train_images=3,
                                                                                val_images=2)
-    assert dataset_identity(tree(tmp_path / "three", {**files, "val/b/5.png": 8}))["fingerprint"] != a["fingerprint"]
-    assert dataset_identity(tree(tmp_path / "four", {**files, "val/b/6.png": 7}))["fingerprint"] != a["fingerprint"]
+    resized = dataset_identity(tree(tmp_path / "three", {**files, "val/b/5.png": 8}))
+    added = dataset_identity(tree(tmp_path / "four", {**files, "val/b/6.png": 7}))
+    assert resized["fingerprint"] != a["fingerprint"] and added["fingerprint"] != a["fingerprint"]
 
 
 def test_rows_carry_the_dataset_the_trial_time_and_unknown_keys():
@@ -249,11 +256,7 @@ def test_the_estimate_uses_measured_rates_of_the_same_model_and_device_kind():
 
 
 def test_the_dry_run_prints_the_trials_and_exits_before_ray(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_ADDRESS": ""}
-    out = subprocess.run([sys.executable, "-c", "import sys; from jobs import grid; code = grid.main(sys.argv[1:]); "
-                          "print('ray' in sys.modules); sys.exit(code)", "--seeds", "0,1", "--alpha", "0,1",
-                          "--dry-run", "--results", str(tmp_path / "r")],
-                         capture_output=True, text=True, env=env, timeout=120)
+    out = grid_alone("--seeds", "0,1", "--alpha", "0,1", "--dry-run", "--results", str(tmp_path / "r"))
     assert out.returncode == 0, out.stderr
     lines = out.stdout.strip().splitlines()
     assert lines[-1] == "False" and "38f5bb4e1e26-s1" in out.stdout and "no measurement" in out.stdout
