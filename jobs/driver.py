@@ -34,7 +34,7 @@ def run_trial(config: dict, run: dict) -> None:
     from jobs.trial import fit_trial, rows_of
 
     start = time.monotonic()
-    cfg = TrainConfig(**config["train"]).replace(**run["runtime"])
+    cfg = TrainConfig(**config["train"])
     key = trial_key(cfg)
     if res.finished_trial(run["results"], run["experiment"], key, cfg.epochs):
         return  # already in the results: never run twice

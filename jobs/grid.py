@@ -135,7 +135,6 @@ def run(args) -> int:
     run_context = dict(
         experiment=experiment, results=results, train_storage=f"{storage.rstrip('/')}/{experiment}-train",
         placement=dataclasses.asdict(placement), max_failures=args.max_failures,
-        runtime={n: getattr(args, n) for n in options.SINGLE_RUNTIME if getattr(args, n) is not None},
         identity=dict(experiment=experiment, seeds_planned=len(record["axes"]["seed"]),
                       version=res.code_version(), dataset_id=dataset["fingerprint"]),
     )
