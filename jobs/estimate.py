@@ -1,8 +1,9 @@
 """`--dry-run`: the trials a grid will run and the device-hours they will take, before Ray starts.
 
 The rate of a trial is measured, never assumed: images/s per device from earlier results on the same model
-and device kind (every experiment under --results), else from `bench/results/*.json` (records with model,
-device, variant and images_per_s per device), else the table says it has no measurement. A variant without
+and device kind (every experiment under --results), else from `bench/step_ratio.py --json bench/results`
+(its one-process figures: synthetic batches, no data loading, so an upper bound), else the table says it
+has no measurement. A variant without
 its own measurement takes one of a variant with as many passes per step (gnp, sam, fgr, bgr, asam: two).
 """
 
@@ -34,11 +35,12 @@ def measured_rates(results: str) -> list[dict]:
             if row["status"] == "ok" and row["images_per_s"]:
                 rates.append(dict(model=row["model"], device=row["device"], variant=row["variant"],
                                   per_device=row["images_per_s"] / max(row["workers"], 1), source="results"))
-    for path in sorted(glob.glob(str(BENCH / "*.json"))):
-        records = json.loads(Path(path).read_text())
-        for r in records if isinstance(records, list) else [records]:
-            rates.append(dict(model=r["model"], device=r["device"], variant=r["variant"],
-                              per_device=float(r["images_per_s"]), source=Path(path).name))
+    for path in sorted(glob.glob(str(BENCH / "step_ratio-*.json"))):
+        bench = json.loads(Path(path).read_text())
+        device = "cpu" if bench["device"].startswith("CPU") else bench["device"]
+        for scheme, figures in bench["runs"].get("1 process", {}).items():
+            rates.append(dict(model=bench["args"]["model"], device=device, variant=scheme,
+                              per_device=float(figures["img_s"]), source=Path(path).name))
     return rates
 
 

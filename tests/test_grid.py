@@ -255,11 +255,30 @@ def test_the_estimate_uses_measured_rates_of_the_same_model_and_device_kind():
     assert estimate.rate_for(cfg.replace(model="resnet50"), False, rates) is None
 
 
+def test_the_estimate_reads_bench_figures_and_says_when_it_has_none(tmp_path, monkeypatch, capsys):
+    bench = dict(device="CPU (x86), 1 thread", args=dict(model="smallcnn"),
+                 runs={"1 process": {"standard": dict(img_s=1000.0), "gnp": dict(img_s=500.0)}})
+    (tmp_path / "step_ratio-cpu-2026-01-01.json").write_text(json.dumps(bench))
+    monkeypatch.setattr(estimate, "BENCH", tmp_path)
+    rates = estimate.measured_rates(str(tmp_path / "results"))
+    assert {(r["device"], r["variant"], r["per_device"]) for r in rates} == {("cpu", "standard", 1000.0),
+                                                                            ("cpu", "gnp", 500.0)}
+    cfgs = configs("--seeds", "0", "--alpha", "0,0.8", "--epochs", "2")
+    estimate.print_plan(cfgs, experiment="e", results=str(tmp_path / "results"), train_images=1000,
+                        gpus_per_worker=0)
+    out = capsys.readouterr().out
+    assert "2 trials, 2 to run: 0.00 CPU-worker-h to go" in out and "cpu (step_ratio-cpu-2026-01-01.json)" in out
+    monkeypatch.setattr(estimate, "BENCH", tmp_path / "none")
+    estimate.print_plan(cfgs, experiment="e", results=str(tmp_path / "results"), train_images=1000,
+                        gpus_per_worker=1)
+    assert "2 trial(s) without a measurement" in capsys.readouterr().out
+
+
 def test_the_dry_run_prints_the_trials_and_exits_before_ray(tmp_path):
     out = grid_alone("--seeds", "0,1", "--alpha", "0,1", "--dry-run", "--results", str(tmp_path / "r"))
     assert out.returncode == 0, out.stderr
     lines = out.stdout.strip().splitlines()
-    assert lines[-1] == "False" and "38f5bb4e1e26-s1" in out.stdout and "no measurement" in out.stdout
+    assert lines[-1] == "False" and "38f5bb4e1e26-s1" in out.stdout
     assert lines[-2].startswith("4 trials, 4 to run")
     assert not (tmp_path / "r").exists()
 
