@@ -1,9 +1,11 @@
-"""Trial keys and the per-trial Parquet result files (DESIGN §5).
+"""The per-trial Parquet result files, and the record of the grid an experiment ran (`_grid.json`).
 
 One file per trial, named by its deterministic key and written atomically (temp file + rename), so a crash
 never leaves half a table and a rerun replaces a trial's file instead of adding rows.
 """
 
+import json
+import os
 import subprocess
 import uuid
 from pathlib import Path
@@ -17,7 +19,10 @@ from gnp.config import TrainConfig, config_key, trial_key
 
 
 def code_version() -> str:
-    """The git commit the driver runs (with '+dirty' for local edits), else the package version."""
+    """The version of the code, computed where the command was typed and handed on in GNP_CODE_VERSION
+    (a cluster has no .git): the git commit with '+dirty' for local edits, else the package version."""
+    if os.environ.get("GNP_CODE_VERSION"):
+        return os.environ["GNP_CODE_VERSION"]
     root = Path(__file__).resolve().parent.parent
     try:
         commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
@@ -41,15 +46,25 @@ def resolve(location: str) -> tuple[pafs.FileSystem, str]:
     return pafs.FileSystem.from_uri(location)
 
 
-def rows_for_trial(cfg: TrainConfig, rows: list[dict], *, experiment: str, seeds_planned: int, version: str):
-    """gnp's per-epoch rows with the trial's identity added, in the schema's column order."""
+def rows_for_trial(cfg: TrainConfig, rows: list[dict], *, experiment: str, seeds_planned: int, version: str,
+                   dataset_id: str | None, trial_wall_s: float | None) -> list[dict]:
+    """gnp's per-epoch rows with the trial's identity added: the schema's columns first, in its order,
+    then any other key gnp reports, unchanged (the writer keeps the columns the schema knows).
+
+    `dataset_id` is the data's fingerprint (gnp.dataset_id); `trial_wall_s` the seconds from the trial
+    driver's start to its end, the same on every row (less the epochs' wall_s: what Ray added).
+    """
     identity = dict(
         experiment=experiment, trial_key=trial_key(cfg), config_key=config_key(cfg), recipe=cfg.recipe,
         dataset=cfg.dataset, augmentation=cfg.augmentation, model=cfg.model, variant=cfg.variant,
         alpha=float(cfg.alpha), r=float(cfg.r), seed=cfg.seed, seeds_planned=seeds_planned,
-        epochs=cfg.epochs, code_version=version,
+        epochs=cfg.epochs, code_version=version, dataset_id=dataset_id, trial_wall_s=trial_wall_s,
     )
-    return [{name: {**row, **identity}.get(name) for name in RESULT_SCHEMA.names} for row in rows]
+    out = []
+    for row in rows:
+        merged = {**row, **identity}
+        out.append({**{name: merged.get(name) for name in RESULT_SCHEMA.names}, **merged})
+    return out
 
 
 def write_trial(rows: list[dict], results: str, experiment: str) -> str:
@@ -83,3 +98,24 @@ def finished_trial(results: str, experiment: str, key: str, epochs: int) -> bool
     return any(r["status"] == "diverged" for r in table) or (
         len(table) == epochs and all(r["status"] == "ok" for r in table)
     )
+
+
+def grid_path(results: str, experiment: str) -> tuple[pafs.FileSystem, str]:
+    filesystem, root = resolve(results)
+    return filesystem, f"{root.rstrip('/')}/{experiment}/_grid.json"  # "_": not read by pd.read_parquet
+
+
+def read_grid(results: str, experiment: str) -> dict | None:
+    """The grid an experiment ran (see jobs.options.grid_record), or None for a new experiment."""
+    filesystem, path = grid_path(results, experiment)
+    if filesystem.get_file_info(path).type != pafs.FileType.File:
+        return None
+    with filesystem.open_input_stream(path) as f:
+        return json.loads(f.read())
+
+
+def write_grid(results: str, experiment: str, grid: dict) -> None:
+    filesystem, path = grid_path(results, experiment)
+    filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with filesystem.open_output_stream(path) as f:
+        f.write(json.dumps(grid, sort_keys=True, indent=1).encode())

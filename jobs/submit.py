@@ -1,18 +1,25 @@
 """Submit the grid to a Ray cluster through the Jobs API (what `make submit` runs).
 
-    python -m jobs.submit --address http://127.0.0.1:8265 -- --recipe imagenet-resnet50 --data /mnt/imagenet ...
+    python -m jobs.submit --address http://127.0.0.1:8265 -- --recipe imagenet-resnet50 --data /mnt/imagenet
 
-The working tree is uploaded without .venv, .git, results, runs and data; the cluster's nodes already
-have the environment (cluster/). Reach a remote dashboard through `ray dashboard cluster.yaml` or
-`kubectl port-forward`, never an open port. With token auth on (Ray's default for `ray start`), the token
-is read from ~/.ray/auth_token (RAY_AUTH_MODE=token).
+The working tree is uploaded without .venv, .git, results, runs and data, with the code's version (computed
+here, where the command is typed: the cluster has no .git) for the rows. The job runs `--python` on the
+cluster, which must have this project's environment: the cluster images (cluster/) do; a local cluster
+does when started from the project's environment, `PATH=$PWD/.venv/bin:$PATH .venv/bin/ray start --head
+...` (README). Reach a remote dashboard through `make cluster-dashboard` or `kubectl port-forward`, never
+an open port. With token auth on (Ray's default for `ray start`), the token is read from
+~/.ray/auth_token (RAY_AUTH_MODE=token).
 """
 
 import argparse
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
+
+from gnp.errors import UserError
+from jobs import local
 
 EXCLUDES = [".venv", ".git", "results", "runs", "data", "**/__pycache__", "*.pt", ".pytest_cache"]
 PROJECT = Path(__file__).resolve().parent.parent
@@ -24,10 +31,13 @@ def submit(address: str, grid_args: list[str], *, python: str = "python", wait: 
     os.environ.setdefault("RAY_AUTH_MODE", "token")
     from ray.job_submission import JobStatus, JobSubmissionClient
 
+    from jobs.results import code_version
+
     client = JobSubmissionClient(address)
     job_id = client.submit_job(
-        entrypoint=" ".join([python, "-m", "jobs.grid", *grid_args]),
-        runtime_env={"working_dir": str(PROJECT), "excludes": EXCLUDES},
+        entrypoint=" ".join([python, "-m", "jobs.grid", *map(shlex.quote, grid_args)]),
+        runtime_env={"working_dir": str(PROJECT), "excludes": EXCLUDES,
+                     "env_vars": {"GNP_CODE_VERSION": code_version()}},
     )
     print(f"submitted {job_id} to {address}; follow it with: ray job logs --follow {job_id}", flush=True)
     if not wait:
@@ -39,7 +49,12 @@ def submit(address: str, grid_args: list[str], *, python: str = "python", wait: 
             client.stop_job(job_id)
             raise TimeoutError(f"job {job_id} still {status} after {timeout_s:.0f}s; stopped it")
         time.sleep(2)
-    print(client.get_job_logs(job_id)[-4000:], flush=True)
+    logs = client.get_job_logs(job_id)
+    print(logs[-4000:], flush=True)
+    print(f"job {job_id}: {status.value}", flush=True)
+    if status != JobStatus.SUCCEEDED and "No module named" in logs:
+        print(f"error: `{python}` on the cluster lacks this project's environment; start the cluster from it "
+              "(PATH=$PWD/.venv/bin:$PATH .venv/bin/ray start --head ...) or pass --python", file=sys.stderr)
     return job_id, str(status.value)
 
 
@@ -53,10 +68,15 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     grid_args = args.grid_args[1:] if args.grid_args[:1] == ["--"] else args.grid_args
     try:
+        if local.token_path().exists():
+            local.private_token()
         _, status = submit(args.address, grid_args, python=args.python, wait=not args.no_wait)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     except ConnectionError as err:
         print(f"error: cannot reach the Ray Jobs API at {args.address} ({err}); start port forwarding with "
-              "`ray dashboard CLUSTER.yaml` or check --address", file=sys.stderr)
+              "`make cluster-dashboard` (or kubectl port-forward) or check --address", file=sys.stderr)
         return 2
     return 0 if status in ("SUCCEEDED", "SUBMITTED") else 1
 

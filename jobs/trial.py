@@ -7,17 +7,73 @@ group reads the latest back with `ray.train.get_checkpoint()` and gnp resumes it
 import dataclasses
 import json
 import shutil
+import socket
 import tempfile
+from datetime import timedelta
 from pathlib import Path
 
 import ray.train
 import ray.train.torch
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
+from ray.train.torch.config import _set_torch_distributed_env_vars, _TorchBackend
 
 from gnp import checkpoint
 from gnp.config import TrainConfig
 from gnp.loop import train
+from jobs.options import Placement
+
+LOOPBACK = "127.0.0.1"
+_listener: socket.socket | None = None  # rank 0's rendezvous socket, from bind to the process group's start
+
+
+def _listen_on_loopback() -> tuple[str, int]:
+    """Rank 0: the node's address, and a rendezvous port on 127.0.0.1 if that is where the node is."""
+    global _listener
+    address = ray.util.get_node_ip_address()
+    if address != LOOPBACK:
+        return address, 0
+    _listener = socket.socket()
+    _listener.bind((LOOPBACK, 0))
+    _listener.listen()
+    return address, _listener.getsockname()[1]
+
+
+def _join_on_loopback(backend: str, world_rank: int, world: int, port: int, timeout_s: int) -> None:
+    import torch.distributed as dist
+
+    timeout = timedelta(seconds=timeout_s)
+    if world_rank == 0:
+        store = dist.TCPStore(LOOPBACK, port, world, True, timeout=timeout, master_listen_fd=_listener.fileno())
+    else:
+        store = dist.TCPStore(LOOPBACK, port, world, False, timeout=timeout)
+    dist.init_process_group(backend, store=store, rank=world_rank, world_size=world, timeout=timeout)
+
+
+class _LoopbackBackend(_TorchBackend):
+    """On a node bound to 127.0.0.1 (the local cluster), the rendezvous store listens there too.
+
+    torch's TCPStore listens on every interface; Ray Train's setup gives it no say. Elsewhere (a real
+    cluster, whose nodes must reach each other) this is Ray Train's own setup, unchanged.
+    """
+
+    def on_start(self, worker_group, backend_config):
+        if len(worker_group) == 1:
+            return super().on_start(worker_group, backend_config)
+        address, port = worker_group.execute_single(0, _listen_on_loopback)
+        if address != LOOPBACK:
+            return super().on_start(worker_group, backend_config)
+        worker_group.execute(_set_torch_distributed_env_vars)
+        ray.get([worker_group.execute_single_async(rank, _join_on_loopback, backend=backend_config.backend,
+                                                   world_rank=rank, world=len(worker_group), port=port,
+                                                   timeout_s=backend_config.timeout_s)
+                 for rank in range(len(worker_group))])
+
+
+class LoopbackTorchConfig(TorchConfig):
+    @property
+    def backend_cls(self):
+        return _LoopbackBackend
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -44,22 +100,6 @@ def train_loop_per_worker(config: dict) -> None:
         shutil.rmtree(out, ignore_errors=True)
 
 
-@dataclasses.dataclass
-class Placement:
-    """How many Train workers a trial gets and what each one holds."""
-
-    workers: int = 2
-    gpus_per_worker: float = 0.0
-    cpus_per_worker: float = 1.0
-
-    @property
-    def use_gpu(self) -> bool:
-        return self.gpus_per_worker > 0
-
-    def per_trial(self) -> dict:
-        return {"CPU": self.workers * self.cpus_per_worker, "GPU": self.workers * self.gpus_per_worker}
-
-
 def fit_trial(cfg: TrainConfig, placement: Placement, *, storage: str, name: str, max_failures: int = 3,
               callbacks=(), loop=train_loop_per_worker) -> ray.train.Result:
     """Train one configuration on `placement.workers` DDP workers; reusing `name` resumes that run.
@@ -68,20 +108,19 @@ def fit_trial(cfg: TrainConfig, placement: Placement, *, storage: str, name: str
     """
     if not placement.use_gpu and cfg.threads == 0:
         cfg = cfg.replace(threads=max(1, int(placement.cpus_per_worker)))
-    resources = {"CPU": placement.cpus_per_worker}
-    if placement.use_gpu:
-        resources["GPU"] = placement.gpus_per_worker
     trainer = TorchTrainer(
         loop,
         train_loop_config={"train": dataclasses.asdict(cfg)},
+        # STRICT_PACK: all of a trial's workers on one node (no EFA here: DDP across nodes would crawl)
         scaling_config=ScalingConfig(num_workers=placement.workers, use_gpu=placement.use_gpu,
-                                     resources_per_worker=resources),
+                                     resources_per_worker=placement.resources(),
+                                     placement_strategy="STRICT_PACK"),
         run_config=ray.train.RunConfig(
             name=name, storage_path=storage, callbacks=list(callbacks),
             failure_config=FailureConfig(max_failures=max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),
-        torch_config=TorchConfig(backend="nccl" if placement.use_gpu else "gloo"),
+        torch_config=LoopbackTorchConfig(backend="nccl" if placement.use_gpu else "gloo"),
     )
     return trainer.fit()
 

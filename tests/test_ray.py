@@ -1,8 +1,10 @@
 """Ray integration on a local 2-CPU cluster started by `ray start` (token auth on, bound to 127.0.0.1).
 
-Small on purpose: the digits, a few epochs, 2 gloo workers per trial.
+Small on purpose: the digits, a few epochs, 2 gloo workers per trial. The tests stop only the Ray
+processes they started (never `ray stop`, which stops every Ray cluster of the machine).
 """
 
+import json
 import os
 import secrets
 import shutil
@@ -10,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -21,8 +24,10 @@ import torch
 
 from analysis.schema import RESULT_SCHEMA
 from gnp import checkpoint
+from gnp.dataset_id import dataset_identity
 from gnp.recipes import get_recipe
 from jobs import grid
+from jobs import results as res
 from jobs.submit import submit
 from jobs.trial import Placement, fit_trial, rows_of, train_loop_per_worker
 
@@ -31,6 +36,59 @@ ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers can't
 BIN = Path(sys.executable).parent
 FAST = dict(batch_size=32, loader_workers=0)
 PLACEMENT = Placement(workers=2, gpus_per_worker=0, cpus_per_worker=0.99)
+
+
+def processes() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, command line) of every process, from /proc."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                raw = Path(f"/proc/{entry}/cmdline").read_bytes()
+                cmd = raw.replace(b"\0", b" ").decode("utf-8", "replace")
+                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            found[int(entry)] = (ppid, cmd)
+    return found
+
+
+def tree(roots) -> set[int]:
+    """The processes `roots` and all their descendants."""
+    table, found = processes(), set(roots)
+    while True:
+        more = {pid for pid, (ppid, _) in table.items() if ppid in found} - found
+        if not more:
+            return found
+        found |= more
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def stop(*markers: str, sig=signal.SIGTERM, grace_s: float = 5) -> None:
+    """Stop the processes whose command line holds one of `markers` (a temp dir, a port) and their
+    descendants: only what a test started."""
+    pids = tree(pid for pid, (_, cmd) in processes().items()
+                if any(m in cmd for m in markers) and pid != os.getpid())
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + grace_s
+    while pids and time.monotonic() < deadline:
+        pids = {pid for pid in pids if alive(pid)}
+        time.sleep(0.2)
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def free_port() -> int:
@@ -55,9 +113,9 @@ def cluster(tmp_path_factory, digits_root):
     address = (temp / "ray_current_cluster").read_text().strip()
     os.environ["RAY_ADDRESS"] = address
     ray.init(address=address, log_to_driver=False)
-    yield {"dashboard": f"http://127.0.0.1:{dashboard}", "env": env}
+    yield {"dashboard": f"http://127.0.0.1:{dashboard}", "env": env, "digits": digits_root}
     ray.shutdown()
-    subprocess.run([str(BIN / "ray"), "stop"], env=env, capture_output=True)
+    stop(str(temp), f"--address={address} ")  # this cluster's only: its temp dir or its GCS (client server)
     for key in ("RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH"):
         os.environ.pop(key, None)
 
@@ -91,27 +149,59 @@ def test_two_ray_workers_give_the_same_parameters_as_torchrun(cluster, tmp_path)
 
 
 def run_grid(tmp_path, *extra):
+    """A grid on the test cluster, two trials at once (half a CPU per worker), as the demo runs."""
     args = ["--recipe", "digits", "--batch-size", "32", "--loader-workers", "0", "--workers", "2",
-            "--results", str(tmp_path / "results"), *extra]
+            "--cpus-per-worker", "0.49", "--results", str(tmp_path / "results"), *extra]
     return grid.main(args)
 
 
-def test_grid_writes_one_file_per_trial_with_the_schema_and_a_rerun_adds_nothing(cluster, tmp_path):
-    assert run_grid(tmp_path, "--seeds", "0,1", "--alpha", "0,0.8", "--epochs", "2", "--experiment", "g") == 0
+def test_a_grid_writes_one_file_per_trial_grows_by_new_seeds_and_a_rerun_adds_nothing(cluster, tmp_path):
+    base = ["--alpha", "0,0.8", "--epochs", "2", "--experiment", "g"]
+    assert run_grid(tmp_path, "--seeds", "0", *base) == 0
     folder = tmp_path / "results" / "g"
+    first = {f.name: f.stat().st_mtime_ns for f in folder.glob("*.parquet")}
+    assert len(first) == 2
+    assert run_grid(tmp_path, "--seeds", "0,1", *base) == 0  # one more seed: two new trials, none rerun
     files = sorted(folder.glob("*.parquet"))
-    assert len(files) == 4
+    assert len(files) == 4 and all(first[f.name] == f.stat().st_mtime_ns for f in files if f.name in first)
     assert all(pq.read_schema(f).remove_metadata() == RESULT_SCHEMA for f in files)
     rows = parquet_rows(folder)
     assert len(rows) == 4 * 2 and {(r["trial_key"], r["epoch"]) for r in rows}.__len__() == 8
     assert {(r["variant"], r["alpha"], r["seed"]) for r in rows} == {
         ("standard", 0.0, 0), ("standard", 0.0, 1), ("gnp", 0.8, 0), ("gnp", 0.8, 1)}
-    assert all(r["status"] == "ok" and r["workers"] == 2 and r["seeds_planned"] == 2 for r in rows)
+    assert all(r["status"] == "ok" and r["workers"] == 2 for r in rows)
+    assert {r["code_version"] for r in rows} == {res.code_version()}
+    assert {r["seeds_planned"] for r in rows if r["seed"] == 1} == {2}
+    recorded = json.loads((folder / "_grid.json").read_text())
+    assert recorded["workers"] == 2 and recorded["axes"]["seed"] == [0, 1]
+    assert recorded["dataset"] == dataset_identity(cluster["digits"])
     stamps = {f.name: f.stat().st_mtime_ns for f in files}
 
-    assert run_grid(tmp_path, "--seeds", "0,1", "--alpha", "0,0.8", "--epochs", "2", "--experiment", "g") == 0
+    assert run_grid(tmp_path, "--seeds", "0,1", *base) == 0
     assert {f.name: f.stat().st_mtime_ns for f in folder.glob("*.parquet")} == stamps
     assert len(parquet_rows(folder)) == 8
+
+
+def test_rows_record_the_dataset_and_the_trial_time_and_another_dataset_or_workers_is_refused(
+        cluster, tmp_path, capsys):
+    base = ["--seeds", "0", "--alpha", "0.8", "--epochs", "1", "--experiment", "d"]
+    assert run_grid(tmp_path, *base) == 0
+    (row,) = parquet_rows(tmp_path / "results" / "d")
+    identity = dataset_identity(cluster["digits"])
+    assert json.loads((tmp_path / "results" / "d" / "_grid.json").read_text())["dataset"] == identity
+    # The rows carry both once the schema has their columns (the writer keeps the columns it knows).
+    assert row.get("dataset_id", identity["fingerprint"]) == identity["fingerprint"]
+    assert row.get("trial_wall_s", 1e9) > row["wall_s"] > 0
+    capsys.readouterr()
+    other = tmp_path / "digits-copy"
+    shutil.copytree(cluster["digits"], other)
+    next((other / "val").glob("*/*.JPEG")).unlink()  # the same layout, one image fewer
+    for extra, named in ((["--data", str(other)], "--data holds another dataset"),
+                         (["--workers", "1"], "--workers was 2, now 1")):
+        assert run_grid(tmp_path, *base, *extra) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and named in err[0], err
+    assert len(parquet_rows(tmp_path / "results" / "d")) == 1
 
 
 def test_a_diverging_trial_is_recorded_and_the_grid_goes_on(cluster, tmp_path):
@@ -123,12 +213,6 @@ def test_a_diverging_trial_is_recorded_and_the_grid_goes_on(cluster, tmp_path):
     diverged = [r for r in rows if r["alpha"] == -0.5]
     assert [r["status"] for r in diverged] == ["diverged"]
     assert [r["status"] for r in rows if r["alpha"] == 0] == ["ok", "ok"]
-
-
-def test_negative_alpha_lists_parse_as_values():
-    argv = grid.negative_lists_joined(["--alpha", "-0.5,0", "--r", "0.05", "--seeds", "0"])
-    args = grid.build_parser().parse_args(argv)
-    assert args.alpha == [-0.5, 0.0] and args.r == [0.05] and args.seeds == [0]
 
 
 def killing_loop(config):
@@ -147,7 +231,7 @@ def killing_loop(config):
 
 
 def test_a_killed_worker_resumes_from_its_checkpoint_with_the_same_result(cluster, tmp_path):
-    cfg = digits(epochs=3, variant="gnp", alpha=0.5)
+    cfg = digits(epochs=3, variant="gnp", alpha=0.5, loader_workers=1)  # exact resume with loader processes
     marker = tmp_path / "killed"
 
     def loop(config):
@@ -162,29 +246,65 @@ def test_a_killed_worker_resumes_from_its_checkpoint_with_the_same_result(cluste
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_an_interrupted_driver_resumes_and_runs_every_trial_exactly_once(cluster, tmp_path):
+def listening(pids) -> set[str]:
+    """The local addresses the processes `pids` listen on (TCP, from /proc)."""
+    inodes = set()
+    for pid in pids:
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+        except OSError:
+            continue
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                address = fields[1].split(":")[0]
+                loopback = {"0100007F": "127.0.0.1", "0" * 24 + "01000000": "::1",
+                            "0" * 16 + "FFFF0000" + "0100007F": "127.0.0.1"}  # the last: ::ffff:127.0.0.1
+                found.add(loopback.get(address, address))
+    return found
+
+
+def test_ctrl_c_exits_130_records_no_failure_and_a_rerun_finishes_on_a_quiet_local_cluster(cluster, tmp_path):
+    # No RAY_ADDRESS: the grid starts its own local cluster, as `make imagenet` does.
     command = [sys.executable, "-m", "jobs.grid", "--recipe", "digits", "--seeds", "0,1,2", "--alpha", "0.8",
-               "--epochs", "2", "--batch-size", "32", "--loader-workers", "0", "--workers", "2",
+               "--epochs", "2", "--batch-size", "32", "--loader-workers", "1", "--workers", "2",
                "--experiment", "i", "--results", str(tmp_path / "results")]
+    env = {**os.environ, "RAY_ADDRESS": "", "PYTHONPATH": os.pathsep.join(sys.path)}
+    env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")  # the grid binds its cluster to loopback by itself
     folder = tmp_path / "results" / "i"
-    driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 240
-    while not list(folder.glob("*.parquet")) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    first = sorted(folder.glob("*.parquet"))
-    assert first, "no trial finished before the deadline"
-    driver.send_signal(signal.SIGINT)  # Ctrl-C mid-grid
-    driver.wait(timeout=120)
+    out = tmp_path / "out.txt"
+    with out.open("w") as log:
+        driver = subprocess.Popen(command, stdout=log, stderr=subprocess.PIPE, text=True, env=env)
+        try:
+            deadline = time.monotonic() + 240
+            while not list(folder.glob("*.parquet")) and time.monotonic() < deadline:
+                time.sleep(0.5)
+            first = sorted(folder.glob("*.parquet"))
+            assert first, "no trial finished before the deadline"
+            # GCS, raylet, workers, dashboard, gloo: all on loopback
+            assert listening(tree([driver.pid])) <= {"127.0.0.1", "::1"}
+        finally:
+            driver.send_signal(signal.SIGINT)  # Ctrl-C mid-grid (its local cluster ends with it)
+            _, err = driver.communicate(timeout=120)
+    assert driver.returncode == 130, err
+    assert err.strip().splitlines()[-1].startswith("interrupted; rerun the same command to resume i")
+    assert "dashboard http://127.0.0.1:" in out.read_text()
     stamp = first[0].stat().st_mtime_ns
     assert len(list(folder.glob("*.parquet"))) < 3, "the grid finished before it was interrupted"
+    assert all(r["status"] == "ok" for r in parquet_rows(folder))  # the interrupted trial is not "failed"
 
-    subprocess.run(command, check=True, capture_output=True, timeout=600)
+    subprocess.run(command, check=True, capture_output=True, timeout=600, env=env)
     rows = parquet_rows(folder)
     assert sorted((r["seed"], r["epoch"]) for r in rows) == [(s, e) for s in (0, 1, 2) for e in (1, 2)]
     assert first[0].stat().st_mtime_ns == stamp  # the finished trial was not rerun
 
 
-def test_a_grid_submitted_through_the_jobs_api_writes_its_rows(cluster, tmp_path):
+def test_a_grid_submitted_through_the_jobs_api_writes_its_rows_with_the_submitters_version(cluster, tmp_path):
     results = tmp_path / "results"
     _, status = submit(cluster["dashboard"], [
         "--recipe", "digits", "--seeds", "0", "--alpha", "0.8", "--epochs", "1", "--batch-size", "32",
@@ -193,28 +313,90 @@ def test_a_grid_submitted_through_the_jobs_api_writes_its_rows(cluster, tmp_path
     assert status == "SUCCEEDED"
     rows = parquet_rows(results / "job")
     assert [(r["alpha"], r["epoch"], r["status"]) for r in rows] == [(0.8, 1, "ok")]
+    assert rows[0]["code_version"] == res.code_version()  # computed here: the job has no .git
 
 
 @pytest.mark.parametrize(
     "extra,message",
-    [(["--workers", "4"], "the cluster has 2"), (["--gpus-per-worker", "1"], "GPUs"),
-     (["--alpha", "0.5", "--r", "-1"], "r must be >= 0"), (["--alpha", "x"], None)],
+    [(["--workers", "8"], "the largest node has 2"), (["--gpus-per-worker", "1"], "GPU"),
+     (["--cpus-per-worker", "1.5"], "the largest node has 2")],
 )
 def test_grid_bad_input_is_one_line_before_anything_starts(cluster, tmp_path, capsys, extra, message):
-    if message is None:
-        with pytest.raises(SystemExit) as exit_info:
-            run_grid(tmp_path, *extra)
-        assert exit_info.value.code == 2
-        return
     assert run_grid(tmp_path, "--seeds", "0", "--experiment", "bad", *extra) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("error: ") and message in err[-1], err
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
     assert not list((tmp_path / "results").glob("**/*.parquet"))
+    assert not (tmp_path / "results" / "bad" / "_grid.json").exists()  # a refused grid reserves no name
 
 
-def test_the_same_experiment_name_with_another_grid_is_refused(cluster, tmp_path, capsys):
-    grid.remember_grid(str(tmp_path), "x", {"alpha": [0.1]})
-    grid.remember_grid(str(tmp_path), "x", {"alpha": [0.1]})  # the same grid: resumes
-    with pytest.raises(grid.UserError, match="already ran another grid"):
-        grid.remember_grid(str(tmp_path), "x", {"alpha": [0.2]})
-    shutil.rmtree(tmp_path / "x")
+# ---- two nodes on one machine: where things run, and a lost node ------------------------------------------
+
+
+def ray_start(*args, env):
+    started = subprocess.run([str(BIN / "ray"), "start", "--node-ip-address=127.0.0.1", "--num-gpus=0",
+                              "--disable-usage-stats", *args],
+                             env=env, capture_output=True, text=True, timeout=120)
+    assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]
+
+
+def ray_list(kind: str, dashboard: int, env) -> list[dict]:
+    """The alive nodes or actors of another cluster (this process's own ray.init would answer instead)."""
+    listed = subprocess.run([str(BIN / "ray"), "list", kind, f"--address=http://127.0.0.1:{dashboard}",
+                             "--filter=state=ALIVE", "--format=json", "--limit=10000"],
+                            env=env, capture_output=True, text=True, check=True, timeout=60)
+    return json.loads(listed.stdout)
+
+
+def test_two_nodes_drivers_on_the_head_and_a_lost_node_resumed_from_its_checkpoint(cluster, tmp_path):
+    temp = Path(tempfile.mkdtemp(prefix="gnp-ray-", dir="/tmp"))  # short: Ray's socket paths have a limit
+    port, dashboard = free_port(), free_port()
+    # Without the loopback-only switch: a head started with it refuses a second node.
+    env = {k: v for k, v in cluster["env"].items()
+           if k not in ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_ADDRESS")}
+    # The head notices a lost node within seconds (Ray's default waits about a minute).
+    env.update(RAY_health_check_period_ms="1000", RAY_health_check_failure_threshold="3",
+               RAY_health_check_timeout_ms="1000", RAY_health_check_initial_delay_ms="1000")
+    ray_start("--head", "--num-cpus=0", '--resources={"trial_driver": 100}', f"--port={port}",
+              f"--ray-client-server-port={free_port()}",
+              "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", f"--temp-dir={temp}", env=env)
+    nodes = [free_port(), free_port()]  # each worker node's raylet port: what names its processes
+    driver = None
+    try:
+        ray_start(f"--address=127.0.0.1:{port}", "--num-cpus=2", f"--node-manager-port={nodes[0]}", env=env)
+        results = tmp_path / "results"
+        command = [sys.executable, "-m", "jobs.grid", "--recipe", "digits", "--seeds", "0,1",
+                   "--alpha", "0.8", "--epochs", "3", "--batch-size", "32", "--loader-workers", "1",
+                   "--workers", "2", "--experiment", "two", "--results", str(results)]
+        driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                  env={**env, "RAY_ADDRESS": f"127.0.0.1:{port}",
+                                       "PYTHONPATH": os.pathsep.join(sys.path)})
+        deadline = time.monotonic() + 240
+        checkpoints = results / "_ray" / "two-train"
+        while not (done := list(checkpoints.glob("*/epoch_0001"))) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert done, "no epoch checkpoint before the deadline"
+        killed_key = done[0].parent.name
+        (head,) = [n["node_id"] for n in ray_list("nodes", dashboard, env) if n["is_head_node"]]
+        placed = {(a["class_name"], a["node_id"] == head) for a in ray_list("actors", dashboard, env)}
+        on_head = {("ImplicitFunc", True), ("TrainController", True), ("RayTrainWorker", False)}
+        assert on_head <= placed, placed
+        assert ("ImplicitFunc", False) not in placed and ("RayTrainWorker", True) not in placed
+        stop(f"--node_manager_port={nodes[0]}", sig=signal.SIGKILL)  # the node is lost: raylet and workers
+        ray_start(f"--address=127.0.0.1:{port}", "--num-cpus=2", f"--node-manager-port={nodes[1]}", env=env)
+        _, err = driver.communicate(timeout=400)
+        assert driver.returncode == 0, err[-3000:]
+    finally:
+        if driver is not None and driver.poll() is None:
+            driver.kill()
+        stop(str(temp), f":{port} ", *(f"--node_manager_port={n}" for n in nodes))
+        shutil.rmtree(temp, ignore_errors=True)
+
+    rows = parquet_rows(results / "two")
+    assert sorted((r["seed"], r["epoch"]) for r in rows) == [(s, e) for s in (0, 1) for e in (1, 2, 3)]
+    killed = [r for r in rows if r["trial_key"] == killed_key]
+    cfg = digits(epochs=3, variant="gnp", alpha=0.8, seed=killed[0]["seed"], loader_workers=1)
+    clean = without_timing(rows_of(fit_trial(cfg, PLACEMENT, storage=str(tmp_path / "s"), name="clean")))
+    shared = clean[0].keys() & killed[0].keys()  # the metrics the schema keeps
+    assert [{k: r[k] for k in shared} for r in without_timing(killed)] == [{k: r[k] for k in shared}
+                                                                            for r in clean]
+    assert {"train_loss", "test_top1_err", "grad_norm"} <= shared

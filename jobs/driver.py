@@ -1,0 +1,141 @@
+"""Ray Tune runs the grid: one function trial per (config, seed), each driving one Ray Train run.
+
+Every invocation is a fresh Tune run over the whole grid; what makes a rerun a resume is the storage, not
+Tune's state: a trial whose Parquet file is complete returns at once, and an unfinished one continues from
+the last checkpoint of its Train run (named by its trial key). So runtime options (loader workers, CPUs per
+worker, failures allowed) always apply, the rows carry the version that produced them, and an experiment
+can grow by new seeds or α values.
+"""
+
+import dataclasses
+import math
+import os
+import time
+
+from gnp.config import TrainConfig, trial_key
+from gnp.errors import UserError
+from jobs import results as res
+
+TRIAL_DRIVER_CPU = 0.01  # without a trial_driver resource: a sliver (a CPU per driver starves small nodes)
+TRIAL_DRIVER = "trial_driver"  # the head's custom resource: drivers off the (preemptible) GPU nodes
+TABLE_PARAMETERS = {"train/variant": "scheme", "train/alpha": "α", "train/r": "r", "train/seed": "seed"}
+TABLE_METRICS = {"epoch": "epoch", "test_top1_err": "top-1 err %", "images_per_s": "img/s"}
+
+
+def run_trial(config: dict, run: dict) -> None:
+    """Tune's function trainable: fit one TorchTrainer, then write the trial's Parquet file.
+
+    An exception goes back to Tune, which retries the trial from its Train checkpoint; the grid driver
+    records a trial as failed only once those retries are spent, never one that was interrupted.
+    """
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from jobs.options import Placement
+    from jobs.trial import fit_trial, rows_of
+
+    start = time.monotonic()
+    cfg = TrainConfig(**config["train"])
+    key = trial_key(cfg)
+    if res.finished_trial(run["results"], run["experiment"], key, cfg.epochs):
+        return  # already in the results: never run twice
+    result = fit_trial(cfg, Placement(**run["placement"]), storage=run["train_storage"], name=key,
+                       max_failures=run["max_failures"], callbacks=[TuneReportCallback()])
+    rows = res.rows_for_trial(cfg, rows_of(result), **run["identity"], trial_wall_s=time.monotonic() - start)
+    res.write_trial(rows, run["results"], run["experiment"])
+
+
+def driver_resources(cluster: dict) -> dict:
+    """A trial driver on the head's trial_driver resource where the cluster has one, else a CPU sliver."""
+    return {TRIAL_DRIVER: 1, "cpu": 0} if cluster.get(TRIAL_DRIVER) else {"cpu": TRIAL_DRIVER_CPU}
+
+
+def node_limits() -> list[dict]:
+    """The largest node of each kind the cluster can have: the autoscaler's node types, else today's nodes."""
+    import ray
+    from ray._private.state import state
+
+    config = state.get_cluster_config()
+    groups = [dict(g.resources) for g in config.node_group_configs if g.max_count != 0] if config else []
+    return groups or [n["Resources"] for n in ray.nodes() if n["Alive"]]
+
+
+def check_fits(placement, n_trials: int, max_concurrent: int | None) -> int:
+    """Trials that fit at once; a trial no node can hold is a one-line error now, not a silent wait.
+
+    Train V2 checks the whole worker group against the autoscaler's maximum cluster (its own check, run
+    here before anything starts); a trial's workers are STRICT_PACKed, so one node must also hold them all.
+    """
+    import ray
+    from ray.train.v2._internal.exceptions import InsufficientClusterResourcesError
+    from ray.train.v2._internal.execution.worker_group.worker_group import WorkerGroup
+
+    per_worker = placement.resources()
+    try:
+        WorkerGroup._check_cluster_resources_and_raise_if_insufficient(per_worker, placement.workers)
+    except InsufficientClusterResourcesError as err:
+        raise UserError(f"{str(err).splitlines()[1]} lower --workers or the resources per worker") from None
+    need = {k: v * placement.workers for k, v in per_worker.items()}
+    driver = driver_resources(ray.cluster_resources())
+    nodes = node_limits()
+    best = max(nodes, key=lambda n: min(n.get(k, 0) / v for k, v in need.items()), default={})
+    for kind, amount in need.items():
+        if amount > best.get(kind, 0) + 1e-9:
+            flag = {"GPU": "--gpus-per-worker", "CPU": "--cpus-per-worker"}.get(kind, "the resources")
+            raise UserError(f"each trial needs {amount:g} {kind} on one node ({placement.workers} workers × "
+                            f"{per_worker[kind]:g}) but the largest node has {best.get(kind, 0):g}; lower "
+                            f"--workers or {flag}")
+    need["CPU"] = need.get("CPU", 0) + driver.get("cpu", 0)  # a CPU driver sits beside its workers
+    fits = sum(min(math.floor((node.get(k, 0) + 1e-9) / v) for k, v in need.items() if v) for node in nodes)
+    return max(1, min([n_trials, fits] + ([max_concurrent] if max_concurrent else [])))
+
+
+def logger_callbacks(names: list[str], experiment: str) -> list:
+    """Ray's own MLflow / W&B logger callbacks (TensorBoard files are written by Tune anyway)."""
+    callbacks = []
+    try:
+        if "mlflow" in names:
+            from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+            callbacks.append(MLflowLoggerCallback(experiment_name=experiment))
+        if "wandb" in names:
+            from ray.air.integrations.wandb import WandbLoggerCallback
+
+            callbacks.append(WandbLoggerCallback(project=experiment))
+    except ImportError as err:
+        raise UserError(f"--logger needs {err.name}: pip install 'gnp-ray[tracking]'") from None
+    return callbacks
+
+
+def fit_grid(configs: list[TrainConfig], *, run: dict, storage: str, concurrent: int, callbacks: list):
+    """Run every trial under Tune; returns {trial key: error} for the trials that failed for good."""
+    import ray
+    from ray import tune
+
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # the classic reporter: it shows the columns asked for below
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # Ctrl-C raises here, so it is never taken for a failure
+    trainable = tune.with_resources(tune.with_parameters(run_trial, run=run),
+                                    driver_resources(ray.cluster_resources()))
+    name_of = lambda t: trial_key(TrainConfig(**t.config["train"]))  # noqa: E731
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"train": tune.grid_search([dataclasses.asdict(c) for c in configs])},
+        tune_config=tune.TuneConfig(max_concurrent_trials=concurrent, trial_name_creator=name_of,
+                                    trial_dirname_creator=name_of),
+        run_config=tune.RunConfig(
+            name=f"{run['experiment']}-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=storage, verbose=1,
+            failure_config=tune.FailureConfig(max_failures=run["max_failures"]), callbacks=callbacks,
+            progress_reporter=tune.CLIReporter(parameter_columns=TABLE_PARAMETERS,
+                                               metric_columns=TABLE_METRICS, max_report_frequency=60),
+        ),
+    )
+    grid = tuner.fit()
+    return {trial_key(TrainConfig(**r.config["train"])): r.error for r in grid if r.error is not None}
+
+
+def record_failures(errors: dict, configs: list[TrainConfig], run: dict) -> None:
+    """One `failed` row for each trial whose retries are spent: the table counts it beside the others."""
+    for cfg in configs:
+        if trial_key(cfg) in errors:
+            failed = dict(epoch=0, workers=run["placement"]["workers"], device="unknown", status="failed")
+            res.write_trial(res.rows_for_trial(cfg, [failed], **run["identity"], trial_wall_s=None),
+                            run["results"], run["experiment"])

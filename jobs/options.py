@@ -1,0 +1,276 @@
+"""The grid's command line and its trials: every training option is a grid option, the grid is their product.
+
+The options are generated from gnp.config's fields, so an option added there is a grid option here with
+no change: `--field-name V1,V2` sweeps it (bool fields also take a bare flag, meaning true; dict fields
+take one value, `k=v,k=v`). `--seeds`, `--alpha`, `--r` and `--variant` are the familiar axes. Runtime
+fields (data, loader workers, threads, device) change how fast a trial runs, not what it computes: one
+value each. Ray-free and torch-free: `--help`, a dry run and the tests never load either.
+"""
+
+import argparse
+import dataclasses
+import itertools
+import json
+import re
+
+from gnp import variants
+from gnp.config import FIELDS, RUNTIME, TrainConfig, base_type, parse_value, ranks_for, trial_key, validate
+from gnp.errors import UserError
+from gnp.recipes import RECIPES, get_recipe
+
+AXES = {"seed": "seeds"}  # a field whose grid option has another name
+NOT_OPTIONS = ("recipe", "out")  # --recipe picks the defaults (one value); out is each trial's own
+SINGLE_RUNTIME = tuple(n for n in RUNTIME if n not in NOT_OPTIONS and n not in AXES)
+DEFAULT_AXES = {"seed": [0, 1, 2], "alpha": [0.0, 0.2, 0.3, 1.0], "variant": ["gnp"]}
+LOGGERS = ("mlflow", "wandb")
+
+
+def dest(name: str) -> str:
+    """The attribute a field's option parses into (`args.seeds` for the seed)."""
+    return AXES.get(name, name)
+
+
+def flag(name: str) -> str:
+    return "--" + dest(name).replace("_", "-")
+
+
+def swept_fields() -> list[str]:
+    """The fields a grid sweeps: every maths field and the seed, variant and α first."""
+    first = ["variant", "alpha", "r"]
+    rest = [n for n in FIELDS if n not in RUNTIME and n not in NOT_OPTIONS and n not in first]
+    return first + rest + ["seed"]
+
+
+def numeric_lists() -> tuple[str, ...]:
+    return tuple(flag(n) for n in swept_fields() if base_type(n) in (int, float))
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):
+        """Bad input is one line and exit 2, as for every other mistake (no usage block)."""
+        self.exit(2, f"error: {message}\n")
+
+
+def checked(name: str, text: str):
+    """One value of a field, parsed and checked against its choices, as an argparse error if bad."""
+    try:
+        value = parse_value(name, text)
+    except UserError as err:
+        message = str(err).replace(f"--{name.replace('_', '-')}", flag(name))
+        raise argparse.ArgumentTypeError(message) from None
+    allowed = FIELDS[name].metadata["choices"]
+    if allowed and value not in allowed:
+        raise argparse.ArgumentTypeError(f"{flag(name)} takes {', '.join(allowed)}; got {text!r}")
+    return value
+
+
+def value_list(name: str):
+    """argparse type: a comma list of one field's values (a dict field's value is one `k=v,k=v`)."""
+
+    def parse(text: str) -> list:
+        items = [text] if base_type(name) is dict else [v.strip() for v in text.split(",") if v.strip()]
+        if not items:
+            raise argparse.ArgumentTypeError(f"{flag(name)} needs at least one value")
+        return [checked(name, item) for item in items]
+
+    return parse
+
+
+def one_value(name: str):
+    return lambda text: checked(name, text)
+
+
+def field_help(name: str) -> str:
+    f = FIELDS[name]
+    text = f.metadata["help"].replace("%", "%%")
+    if name == "variant":
+        listed = "; ".join(f"{v}: {variants.REGISTRY[v].summary}" for v in variants.sweepable())
+        return f"comma list of {', '.join(variants.sweepable())} (α = 0 runs as standard, gnp at α = 1 as " \
+               f"sam; default gnp). {listed}".replace("%", "%%")
+    if name in DEFAULT_AXES:
+        default = ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in DEFAULT_AXES[name])
+        return f"{text}; comma list (default {default})"
+    if name in RUNTIME:
+        return f"{text} (one value; default: the recipe's)"
+    if base_type(name) is dict:
+        return f"{text}; one value, k=v,k=v (default: the recipe's)"
+    if f.metadata["choices"]:
+        text += f" [{', '.join(f.metadata['choices'])}]"
+    if base_type(name) is bool:
+        return f"{text}; true,false sweeps both, a bare flag means true (default: the recipe's)"
+    return f"{text}; comma list (default: the recipe's)"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from jobs import grid  # the module docstring is the --help text
+
+    p = Parser(prog="python -m jobs.grid", description=grid.__doc__,
+               formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--recipe", default="digits",
+                   help=f"the preset the values start from: {', '.join(RECIPES)}")
+    axes = p.add_argument_group("the grid (its product; every training option)")
+    for name in swept_fields():
+        kwargs = dict(type=value_list(name), default=None, help=field_help(name), metavar="V1,V2")
+        if base_type(name) is bool:
+            kwargs.update(nargs="?", const=[True])
+        axes.add_argument(flag(name), dest=dest(name), **kwargs)
+    runtime = p.add_argument_group("where and how fast (one value each; not part of a trial's key)")
+    for name in SINGLE_RUNTIME:
+        runtime.add_argument(flag(name), dest=name, type=one_value(name), default=None, help=field_help(name))
+    ray = p.add_argument_group("Ray")
+    ray.add_argument("--workers", type=int, default=2,
+                     help="Train workers (DDP ranks) per trial, all on one node; part of the experiment: the "
+                          "global batch splits over them into the per-rank batch (default 2)")
+    ray.add_argument("--gpus-per-worker", type=float, default=0.0, help="0 trains on CPU with gloo (default)")
+    ray.add_argument("--cpus-per-worker", type=float, help="CPUs reserved per worker (default 1)")
+    ray.add_argument("--max-concurrent", type=int,
+                     help="trials at once (default: as many as the cluster fits)")
+    ray.add_argument("--max-failures", type=int, default=3,
+                     help="restarts of a trial's worker group, and retries of a trial, each from its last "
+                          "checkpoint (default 3)")
+    ray.add_argument("--experiment", help="name; the same name resumes or extends it (default <recipe>-grid)")
+    ray.add_argument("--results", default="results",
+                     help="folder or URI for the Parquet tables (default results)")
+    ray.add_argument("--storage",
+                     help="Ray storage folder or URI (default <results>/_ray); shared by all nodes")
+    ray.add_argument("--no-resource-check", action="store_true",
+                     help="skip the check that one trial fits the cluster before anything starts")
+    ray.add_argument("--logger", choices=LOGGERS, action="append", default=[],
+                     help="also log every trial's metrics to MLflow or Weights & Biases (pip install "
+                          "'gnp-ray[tracking]'); TensorBoard files are always written")
+    ray.add_argument("--dry-run", action="store_true",
+                     help="print the trials and the GPU-hours they will take, then exit before Ray starts")
+    return p
+
+
+def negative_lists_joined(argv: list[str]) -> list[str]:
+    """`--alpha -0.5,0`: argparse takes "-0.5,0" for an option; join it as `--alpha=-0.5,0`, as meant."""
+    lists, out = numeric_lists(), []
+    for arg in argv:
+        if out and out[-1] in lists and re.fullmatch(r"-[\d.][\d.,eE+-]*", arg):
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
+@dataclasses.dataclass
+class Placement:
+    """How many Train workers a trial gets and what each one holds."""
+
+    workers: int = 2
+    gpus_per_worker: float = 0.0
+    cpus_per_worker: float = 1.0
+
+    @property
+    def use_gpu(self) -> bool:
+        return self.gpus_per_worker > 0
+
+    def resources(self) -> dict:
+        """What each worker reserves."""
+        return {"CPU": self.cpus_per_worker, **({"GPU": self.gpus_per_worker} if self.use_gpu else {})}
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    return build_parser().parse_args(negative_lists_joined(argv))
+
+
+# ---- the grid ------------------------------------------------------------------------------------------
+
+
+def axes_of(args) -> dict[str, list]:
+    """Every swept field's values: as given, else the defaults above, else the recipe's one value."""
+    if args.recipe not in RECIPES:
+        raise UserError(f"unknown recipe {args.recipe!r}; choose one of: {', '.join(RECIPES)}")
+    recipe = RECIPES[args.recipe]
+    axes = {}
+    for name in swept_fields():
+        given = getattr(args, dest(name))
+        values = given if given is not None else DEFAULT_AXES.get(name, [getattr(recipe, name)])
+        unique = []
+        for v in values:
+            if v not in unique:
+                unique.append(v)
+        axes[name] = unique
+    for v in axes["variant"]:
+        if v not in variants.sweepable():
+            raise UserError(f"--variant takes {', '.join(variants.sweepable())} (α = 0 and α = 1 make "
+                            f"standard and SAM); got {v!r}")
+    return axes
+
+
+def cell_config(args, cell: dict) -> TrainConfig:
+    """One product cell as the configuration it runs: α = 0 is standard (no r, no variant options)."""
+    cell = dict(cell)
+    cell["variant"] = variants.canonical(cell["variant"], cell["alpha"])
+    known = variants.REGISTRY[cell["variant"]].options
+    cell["variant_options"] = {k: v for k, v in cell["variant_options"].items() if k in known}
+    if cell["variant"] == "standard":
+        cell["r"] = 0.0
+    runtime = {n: getattr(args, n) for n in SINGLE_RUNTIME}
+    cfg = get_recipe(args.recipe, **runtime).replace(**cell)
+    validate(cfg)
+    return cfg
+
+
+def grid_configs(args) -> list[TrainConfig]:
+    """Every distinct configuration × seed, validated, with the batch split over --workers checked.
+
+    A standard cell ignores r and the variant, so it runs once however many of those the grid sweeps.
+    """
+    axes = axes_of(args)
+    options = {k for values in axes["variant_options"] for k in values}
+    known = {k for v in axes["variant"] for k in variants.REGISTRY[v].options}
+    if options - known:
+        raise UserError(f"--variant-options {sorted(options - known)[0]!r} is an option of none of the "
+                        f"variants {', '.join(axes['variant'])}")
+    if args.workers < 1:
+        raise UserError(f"--workers must be >= 1, got {args.workers}")
+    configs, seen = [], set()
+    for values in itertools.product(*axes.values()):
+        cfg = cell_config(args, dict(zip(axes, values, strict=True)))
+        key = trial_key(cfg)
+        if key not in seen:
+            ranks_for(cfg, args.workers)
+            seen.add(key)
+            configs.append(cfg)
+    return configs
+
+
+def grid_record(args, configs: list[TrainConfig], dataset: dict) -> dict:
+    """What `_grid.json` keeps: the recipe, the axes, the workers and the data, all part of the experiment."""
+    return dict(recipe=args.recipe, workers=args.workers, dataset=dataset,
+                axes={k: v for k, v in axes_of(args).items()}, trials=sorted(trial_key(c) for c in configs))
+
+
+def grid_conflict(before: dict, now: dict) -> str | None:
+    """Why `now` may not run under an experiment that ran `before`; None when it is the same or extends it.
+
+    Extending means more values on an axis (seeds, α, r, any option): new trials, the finished ones kept.
+    A record of the first release has no workers, dataset or axes: its seeds, α, r and variants are read.
+    """
+    if before.get("recipe") != now["recipe"]:
+        return f"--recipe was {before.get('recipe')}, now {now['recipe']}"
+    if "axes" not in before:
+        before = {**now, "axes": dict(seed=before["seeds"], alpha=before["alpha"], r=before["r"],
+                                      variant=before["variant"].split(","))}
+    if before.get("workers") != now["workers"]:
+        return (f"--workers was {before.get('workers')}, now {now['workers']} (the per-rank batch is part of "
+                "the experiment)")
+    if before.get("dataset") != now["dataset"]:
+        return f"--data holds another dataset than the one it ran on ({describe(before.get('dataset'))})"
+    for name, values in now["axes"].items():
+        # An option added since that record: it ran at the recipe's value.
+        old = before.get("axes", {}).get(name, [getattr(RECIPES[now["recipe"]], name)])
+        dropped = [v for v in old if json.dumps(v) not in {json.dumps(x) for x in values}]
+        if dropped:
+            return (f"{flag(name)} ran {','.join(map(str, old))}; this command drops "
+                    f"{','.join(map(str, dropped))} (add values to extend an experiment, never remove them)")
+    return None
+
+
+def describe(dataset: dict | None) -> str:
+    if not dataset:
+        return "unknown"
+    return (f"{dataset['classes']} classes, {dataset['train_images']} train and {dataset['val_images']} val "
+            f"images, fingerprint {dataset['fingerprint']}")
