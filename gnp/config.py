@@ -71,6 +71,8 @@ class TrainConfig:
     augmentation: str = option("standard", "crop (digits: shifts), or rrc+flip (ImageNet: random-resized "
                                "crop 0.08–1 and flip)")
     out: str = option("runs/default", "folder for this run's checkpoint and metrics", runtime=True)
+    heartbeat_s: float = option(60.0, "seconds between rank 0's progress lines within an epoch (0: none)",
+                                runtime=True)
     # ---- since the first release: hashed into the key only when not at their default ------------------
     variant_options: dict = option({}, "the variant's own settings as name=value (asam: eta)")
     perturbation_batch: int | None = option(

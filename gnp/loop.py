@@ -15,6 +15,7 @@ import dataclasses
 import math
 import os
 import random
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -200,7 +201,7 @@ class Run:
         sums = torch.zeros(5, dtype=torch.float64, device=self.device)
         seen = steps = regularized = 0
         total = self.cfg.epochs * self.steps_per_epoch
-        start = time.perf_counter()
+        start = beat = time.perf_counter()
         for step, (images, targets) in enumerate(self.train_loader):
             images = normalize(images.to(self.device, non_blocking=True), self.memory_format)
             targets = targets.to(self.device, non_blocking=True)
@@ -223,9 +224,21 @@ class Run:
             seen, steps = seen + len(targets), steps + 1
             if (step + 1) % DIVERGENCE_CHECK_EVERY == 0 and not math.isfinite(self.all_sum(sums[:1]).item()):
                 break
+            if self.rank == 0 and self.cfg.heartbeat_s and time.perf_counter() - beat >= self.cfg.heartbeat_s:
+                beat = time.perf_counter()
+                self.heartbeat(step + 1, sums[0].item() / seen, seen * self.world / (beat - start))
         counts = torch.tensor([seen, steps, regularized], dtype=torch.float64, device=self.device)
         totals = self.all_sum(torch.cat([sums, counts]))
         return totals.tolist(), time.perf_counter() - start
+
+    def heartbeat(self, step: int, loss: float, images_per_s: float):
+        """One progress line within a long epoch (the loss read is the one host sync it costs)."""
+        per_step = self.cfg.batch_size / images_per_s
+        left_epoch = (self.steps_per_epoch - step) * per_step
+        left_run = left_epoch + (self.cfg.epochs - self.epoch - 1) * self.steps_per_epoch * per_step
+        print(f"epoch {self.epoch + 1}/{self.cfg.epochs} step {step}/{self.steps_per_epoch}  loss {loss:.4f}  "
+              f"{images_per_s:.0f} img/s  epoch ETA {left_epoch / 60:.1f} min  run ETA {left_run / 3600:.2f} h",
+              file=sys.stderr, flush=True)
 
     @torch.no_grad()
     def evaluate(self):

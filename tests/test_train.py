@@ -158,6 +158,14 @@ def test_fp16_overflows_are_counted_skipped_steps_not_divergence(digits_root, tm
     assert math.isfinite(row["grad_norm"]) and math.isfinite(row["test_top1_err"])
 
 
+def test_rank_0_prints_a_heartbeat_within_an_epoch(digits_root, tmp_path, capsys):
+    train(digits(tmp_path, epochs=1, heartbeat_s=1e-9))
+    beats = [line for line in capsys.readouterr().err.splitlines() if line.startswith("epoch 1/1 step ")]
+    assert len(beats) > 10 and "img/s" in beats[0] and "run ETA" in beats[0]
+    train(digits(tmp_path / "quiet", epochs=1, heartbeat_s=0))
+    assert "step " not in capsys.readouterr().err
+
+
 def test_which_steps_regularize():
     base = get_recipe("digits", alpha=0.5, variant="gnp")
     zero = base.replace(gr_warmup="zero", gr_warmup_epochs=2)
