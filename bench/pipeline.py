@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torchvision
+from figures import write_figures
 from PIL import Image, ImageFilter
 
 from gnp.data import build_loaders
@@ -251,11 +252,7 @@ def main():
                       f"end, {r['synthetic_img_s']:6.0f} on a batch on the device: {r['ratio']:.3f} "
                       f"({verdict} 10%)", flush=True)
     if args.json:
-        name = re.sub(r"[^A-Za-z0-9]+", "-", device).strip("-").lower()
-        path = Path(args.json) / f"pipeline-{name}-{figures['date']}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(figures, indent=1))
-        print(f"wrote {path}", flush=True)
+        write_figures(args.json, "pipeline", device, figures)
 
 
 if __name__ == "__main__":

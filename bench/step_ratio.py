@@ -17,19 +17,17 @@ DIR/step_ratio-<device>-<date>.json with the device name and the torch version.
 
 import argparse
 import datetime
-import json
 import platform
-import re
 import statistics
 import tempfile
 import time
 from contextlib import nullcontext
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from figures import write_figures
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from gnp.models import build_model
@@ -141,6 +139,8 @@ def main():
     p.add_argument("--no-ddp", action="store_true", help="skip the 2-worker gloo run (CPU)")
     p.add_argument("--json", help="folder to write the figures to as JSON")
     args = p.parse_args()
+    if args.steps < 4:
+        p.error("--steps must be at least 4: the amortized scheme regularizes every 4th step")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cpu":
         torch.set_num_threads(1)  # one core per process, as the 2 DDP workers get
@@ -161,11 +161,7 @@ def main():
             figures["runs"]["2 gloo DDP workers"] = torch.load(out, weights_only=True)
             report(f"{shape}, 2 gloo DDP workers (CPU, 1 thread each)", figures["runs"]["2 gloo DDP workers"])
     if args.json:
-        name = re.sub(r"[^A-Za-z0-9]+", "-", where).strip("-").lower()
-        path = Path(args.json) / f"step_ratio-{name}-{figures['date']}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(figures, indent=1))
-        print(f"wrote {path}", flush=True)
+        write_figures(args.json, "step_ratio", where, figures)
 
 
 if __name__ == "__main__":
