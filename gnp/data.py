@@ -123,12 +123,13 @@ def normalize(images: torch.Tensor, memory_format=torch.contiguous_format) -> to
     return images.to(memory_format=memory_format).float().sub_(mean).div_(std)
 
 
-def sample_seed(seed: int, epoch: int, index: int) -> int:
-    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1, np.uint64)[0] >> 1)
+def derived_seed(*numbers: int) -> int:
+    """A well-mixed 63-bit seed from a tuple of numbers (e.g. seed, epoch, sample index)."""
+    return int(np.random.SeedSequence(list(numbers)).generate_state(1, np.uint64)[0] >> 1)
 
 
 class SeededSamples(Dataset):
-    """Training samples keyed by (index, epoch): the transform draws from sample_seed(seed, epoch, index)."""
+    """Training samples keyed by (index, epoch): the transform draws from derived_seed(seed, epoch, index)."""
 
     def __init__(self, dataset: Dataset, seed: int):
         self.dataset, self.seed = dataset, seed
@@ -136,7 +137,7 @@ class SeededSamples(Dataset):
     def __getitem__(self, key):
         index, epoch = key
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(sample_seed(self.seed, epoch, index))
+            torch.manual_seed(derived_seed(self.seed, epoch, index))
             return self.dataset[index]
 
     def __len__(self):

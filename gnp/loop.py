@@ -29,7 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from gnp import checkpoint
 from gnp.config import TrainConfig, ranks_for
-from gnp.data import build_loaders, check_layout, ensure_digits, normalize
+from gnp.data import build_loaders, check_layout, derived_seed, ensure_digits, normalize
 from gnp.errors import UserError
 from gnp.models import build_model
 from gnp.optim import GNP
@@ -54,7 +54,6 @@ def resolve_device(cfg: TrainConfig, local_rank: int) -> torch.device:
         raise UserError("device 'cuda' was asked for but no CUDA GPU is visible; use --device cpu")
     if cfg.device == "cpu" or not torch.cuda.is_available():
         return torch.device("cpu")
-    torch.cuda.set_device(local_rank)
     return torch.device("cuda", local_rank)
 
 
@@ -97,7 +96,7 @@ def seed_everything(seed: int):
 
 def rank_seed(seed: int, rank: int) -> int:
     """Each rank's own stream after the common initialization (dropout masks differ per rank)."""
-    return int(np.random.SeedSequence([seed, rank, 1]).generate_state(1, np.uint64)[0] >> 1)
+    return derived_seed(seed, rank, 1)
 
 
 def data_root(cfg: TrainConfig) -> Path:
@@ -210,7 +209,7 @@ class Run:
             first = {}
 
             def closure(create_graph=False, images=images, targets=targets, first=first):
-                with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                with self.autocast():
                     logits = self.ddp(images)
                     loss = F.cross_entropy(logits, targets, label_smoothing=self.cfg.label_smoothing)
                 first.setdefault("logits", logits.detach())  # train error from the first pass, at θ
@@ -230,6 +229,9 @@ class Run:
         counts = torch.tensor([seen, steps, regularized], dtype=torch.float64, device=self.device)
         totals = self.all_sum(torch.cat([sums, counts]))
         return totals.tolist(), time.perf_counter() - start
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
 
     def heartbeat(self, step: int, loss: float, images_per_s: float):
         """One progress line within a long epoch (the loss read is the one host sync it costs)."""
@@ -252,7 +254,7 @@ class Run:
         for images, targets in self.val_loader:
             images = normalize(images.to(self.device, non_blocking=True), self.memory_format)
             targets = targets.to(self.device, non_blocking=True)
-            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            with self.autocast():
                 logits = self.model(images)
             hits += eval_counts(logits, targets, k)
             seen += len(targets)
