@@ -44,8 +44,10 @@ CLUSTER_GRID ?= --recipe imagenet-resnet50 --data /mnt/imagenet --seeds 0,1,2 --
 	--workers 8 --gpus-per-worker 1 --cpus-per-worker 10 --experiment $(CLUSTER_EXPERIMENT) \
 	--results s3://$(BUCKET)/gnp-results --storage s3://$(BUCKET)/gnp-ray-storage --no-resource-check
 JOB ?=
-# The job's code: this working tree, without the environment, results and version control.
-CLUSTER_RUNTIME_ENV = {"working_dir": ".", "excludes": [".venv", ".git", "build", "results", "runs", "data", "out"]}
+# The job's code: this working tree, without the environment, results and version control; and its version
+# (the commit, +dirty for local edits), computed here since the uploaded tree has no .git: the rows record it.
+CODE_VERSION = $(shell $(PY) -c "from jobs.results import code_version; print(code_version())")
+CLUSTER_RUNTIME_ENV = {"working_dir": ".", "excludes": [".venv", ".git", "build", "results", "runs", "data", "out"], "env_vars": {"GNP_CODE_VERSION": "$(CODE_VERSION)"}}
 
 # The image: the base image's tag (the Ray inside) plus the commit (the code inside).
 COMMIT ?= $(shell git rev-parse --short=12 HEAD 2>/dev/null)
@@ -63,7 +65,7 @@ RENDER = sed -e 's|__BUCKET__|$(BUCKET)|g' -e 's|__REGISTRY__|$(REGISTRY)|g' -e 
 	-e 's|__REGION__|$(CLUSTER_REGION)|g' -e 's|__SSH_CIDR__|$(SSH_CIDR)|g'
 
 .PHONY: cluster-image kuberay-image cluster-image-name cluster-render cluster-check cluster-up cluster-dashboard cluster-submit \
-	cluster-logs cluster-status cluster-down cluster-args kuberay-render kuberay-preflight kuberay-up kuberay-logs
+	cluster-logs cluster-status cluster-down cluster-args cluster-runtime-env kuberay-render kuberay-preflight kuberay-up kuberay-logs
 
 define cluster_need
 @test -n "$($(1))" || { echo "error: set $(1)=... ($(2))" >&2; exit 2; }
@@ -147,9 +149,12 @@ cluster-down: $(VENV)/.installed
 	@test -f $(CLUSTER_CONFIG) || { echo "error: no $(CLUSTER_CONFIG); nothing was brought up from here" >&2; exit 2; }
 	$(RAY) down -y $(CLUSTER_CONFIG)
 
-# The grid's arguments as cluster-submit passes them (tests/test_cluster.py parses them with jobs.grid's parser).
+# The grid's arguments and runtime env as cluster-submit passes them (tests/test_cluster.py reads both).
 cluster-args:
 	@echo python -m jobs.grid $(CLUSTER_GRID)
+
+cluster-runtime-env:
+	@echo '$(CLUSTER_RUNTIME_ENV)'
 
 # ---- Kubernetes: KubeRay ----
 

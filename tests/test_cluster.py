@@ -175,6 +175,8 @@ def test_every_node_runs_the_one_project_image_and_installs_nothing():
     commands = [c for _, c in check.launcher_commands(config)]
     assert not [c for c in commands if re.search(r"\bpip3? install\b", c)]
     assert set(config["file_mounts"]) == {"~/.ray/auth_token"}  # the code is in the image
+    # ... and so is its version, for the rows (the image has no .git)
+    assert re.search(r"^ARG COMMIT=.*\n(?:.*\n)*ENV GNP_CODE_VERSION=\$\{COMMIT\}$", DOCKERFILE.read_text(), re.M)
 
 
 def test_token_reaches_every_node_without_being_written_down():
@@ -378,9 +380,13 @@ def test_make_targets_reach_ray_through_the_tunnel_with_token_auth():
         body = re.search(rf"^{target}:.*\n((?:\t.*\n)+)", mk, re.M)
         assert body and f"$(RAY) {command}" in body.group(1), target
         assert "$(VENV)/.installed" in body.group(0).splitlines()[0], target
-    runtime_env = json.loads(re.search(r"^CLUSTER_RUNTIME_ENV = (.*)$", mk, re.M).group(1))
+    runtime_env = json.loads(make("cluster-runtime-env", f"PY={sys.executable}"))
     assert runtime_env["working_dir"] == "." and ".venv" in runtime_env["excludes"]
     assert check.runtime_env_problems(runtime_env, "cluster.mk") == []
+    # the rows record the version of the tree uploaded (which has no .git), computed where make runs
+    from jobs.results import code_version
+
+    assert runtime_env["env_vars"]["GNP_CODE_VERSION"] == code_version() != "unknown"
     # the autoscaler version is said, not left to Ray's default (the config's install timeout is v2's)
     up = re.search(r"^cluster-up:.*\n((?:\t.*\n)+)", mk, re.M).group(1)
     assert "RAY_UP_enable_autoscaler_v2=1 $(RAY) up" in up
