@@ -31,16 +31,16 @@ def run_trial(config: dict, run: dict) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from jobs.options import Placement
-    from jobs.trial import fit_trial, rows_of
+    from jobs.trial import TrialClock, fit_trial, rows_of
 
-    start = time.monotonic()
     cfg = TrainConfig(**config["train"])
     key = trial_key(cfg)
     if res.finished_trial(run["results"], run["experiment"], key, cfg.epochs):
         return  # already in the results: never run twice
+    clock = TrialClock(run["train_storage"], key)
     result = fit_trial(cfg, Placement(**run["placement"]), storage=run["train_storage"], name=key,
-                       max_failures=run["max_failures"], callbacks=[TuneReportCallback()])
-    rows = res.rows_for_trial(cfg, rows_of(result), **run["identity"], trial_wall_s=time.monotonic() - start)
+                       max_failures=run["max_failures"], callbacks=[TuneReportCallback(), clock])
+    rows = res.rows_for_trial(cfg, rows_of(result), **run["identity"], trial_wall_s=clock.elapsed())
     res.write_trial(rows, run["results"], run["experiment"])
 
 

@@ -51,8 +51,8 @@ def rows_for_trial(cfg: TrainConfig, rows: list[dict], *, experiment: str, seeds
     """gnp's per-epoch rows with the trial's identity added: the schema's columns first, in its order,
     then any other key gnp reports, unchanged (the writer keeps the columns the schema knows).
 
-    `dataset_id` is the data's fingerprint (gnp.dataset_id); `trial_wall_s` the seconds from the trial
-    driver's start to its end, the same on every row (less the epochs' wall_s: what Ray added).
+    `dataset_id` is the data's fingerprint (gnp.dataset_id); `trial_wall_s` the seconds its trial drivers
+    ran, summed over a resumed trial's runs, the same on every row (less the epochs' wall_s: what Ray added).
     """
     identity = dict(
         experiment=experiment, trial_key=trial_key(cfg), config_key=config_key(cfg), recipe=cfg.recipe,

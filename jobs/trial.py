@@ -9,18 +9,22 @@ import json
 import shutil
 import socket
 import tempfile
+import time
 from datetime import timedelta
 from pathlib import Path
 
 import ray.train
 import ray.train.torch
+from pyarrow import fs as pafs
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 from ray.train.torch.config import _set_torch_distributed_env_vars, _TorchBackend
+from ray.train.v2.api.callback import UserCallback
 
 from gnp import checkpoint
 from gnp.config import TrainConfig
 from gnp.loop import train
+from jobs import results
 from jobs.options import Placement
 
 LOOPBACK = "127.0.0.1"
@@ -74,6 +78,36 @@ class LoopbackTorchConfig(TorchConfig):
     @property
     def backend_cls(self):
         return _LoopbackBackend
+
+
+class TrialClock(UserCallback):
+    """A trial's wall time over every driver that ran it: a resumed trial adds its own time to what the
+    earlier drivers had saved at their last epoch report (<run folder>/trial_wall_s.json). The time after an
+    interrupted driver's last report is not counted: the figure is a lower bound, never an overcount."""
+
+    FILENAME = "trial_wall_s.json"
+
+    def __init__(self, storage: str, name: str):
+        self.storage, self.name = storage, name
+        filesystem, path = self._file()
+        self.earlier = 0.0
+        if filesystem.get_file_info(path).type == pafs.FileType.File:
+            with filesystem.open_input_stream(path) as f:
+                self.earlier = json.loads(f.read())["trial_wall_s"]
+        self.start = time.time()  # wall clock: the report arrives in Train's controller, another process
+
+    def _file(self):
+        filesystem, root = results.resolve(self.storage)
+        return filesystem, f"{root.rstrip('/')}/{self.name}/{self.FILENAME}"
+
+    def elapsed(self) -> float:
+        return self.earlier + time.time() - self.start
+
+    def after_report(self, run_context, metrics, checkpoint):
+        filesystem, path = self._file()
+        filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        with filesystem.open_output_stream(path) as f:
+            f.write(json.dumps({"trial_wall_s": self.elapsed()}).encode())
 
 
 def train_loop_per_worker(config: dict) -> None:

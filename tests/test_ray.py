@@ -29,7 +29,7 @@ from gnp.recipes import get_recipe
 from jobs import grid
 from jobs import results as res
 from jobs.submit import submit
-from jobs.trial import Placement, fit_trial, rows_of, train_loop_per_worker
+from jobs.trial import Placement, TrialClock, fit_trial, rows_of, train_loop_per_worker
 
 pytestmark = pytest.mark.ray
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers can't import this test file
@@ -129,7 +129,7 @@ def parquet_rows(folder: Path) -> list[dict]:
 
 
 def without_timing(rows):
-    return [{k: v for k, v in r.items() if k not in ("wall_s", "images_per_s")} for r in rows]
+    return [{k: v for k, v in r.items() if k not in ("wall_s", "images_per_s", "started_at", "ended_at")} for r in rows]
 
 
 def test_two_ray_workers_give_the_same_parameters_as_torchrun(cluster, tmp_path):
@@ -246,6 +246,20 @@ def test_a_killed_worker_resumes_from_its_checkpoint_with_the_same_result(cluste
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_trials_clock_adds_each_drivers_time_up_to_its_last_report(tmp_path):
+    first = TrialClock(str(tmp_path / "storage"), "key")
+    assert first.earlier == 0
+    time.sleep(0.3)
+    first.after_report(None, [{}], None)  # what Train's controller calls at each epoch's report
+    saved = json.loads((tmp_path / "storage" / "key" / TrialClock.FILENAME).read_text())["trial_wall_s"]
+    assert saved >= 0.3
+    time.sleep(0.2)  # after the last report: lost when this driver is interrupted
+    second = TrialClock(str(tmp_path / "storage"), "key")  # the next driver, resuming the trial
+    assert second.earlier == saved
+    time.sleep(0.1)
+    assert saved + 0.1 <= second.elapsed() < first.elapsed()
+
+
 def listening(pids) -> set[str]:
     """The local addresses the processes `pids` listen on (TCP, from /proc)."""
     inodes = set()
@@ -286,6 +300,11 @@ def test_ctrl_c_exits_130_records_no_failure_and_a_rerun_finishes_on_a_quiet_loc
                 time.sleep(0.5)
             first = sorted(folder.glob("*.parquet"))
             assert first, "no trial finished before the deadline"
+            # ... and the next one has reported an epoch: the rerun resumes it
+            clocks = tmp_path / "results" / "_ray" / "i-train"
+            while not [c for c in clocks.glob(f"*/{TrialClock.FILENAME}") if c.parent.name != first[0].stem] \
+                    and time.monotonic() < deadline:
+                time.sleep(0.5)
             # GCS, raylet, workers, dashboard, gloo: all on loopback
             assert listening(tree([driver.pid])) <= {"127.0.0.1", "::1"}
         finally:
@@ -297,11 +316,18 @@ def test_ctrl_c_exits_130_records_no_failure_and_a_rerun_finishes_on_a_quiet_loc
     stamp = first[0].stat().st_mtime_ns
     assert len(list(folder.glob("*.parquet"))) < 3, "the grid finished before it was interrupted"
     assert all(r["status"] == "ok" for r in parquet_rows(folder))  # the interrupted trial is not "failed"
+    done = {f.stem for f in folder.glob("*.parquet")}
+    saved = {c.parent.name: json.loads(c.read_text())["trial_wall_s"]
+             for c in clocks.glob(f"*/{TrialClock.FILENAME}") if c.parent.name not in done}
+    assert saved, "the interrupted trial had reported no epoch"
 
     subprocess.run(command, check=True, capture_output=True, timeout=600, env=env)
     rows = parquet_rows(folder)
     assert sorted((r["seed"], r["epoch"]) for r in rows) == [(s, e) for s in (0, 1, 2) for e in (1, 2)]
     assert first[0].stat().st_mtime_ns == stamp  # the finished trial was not rerun
+    for key, before in saved.items():  # a resumed trial's time counts the interrupted driver's too
+        resumed = [r for r in rows if r["trial_key"] == key]
+        assert resumed[0]["trial_wall_s"] > before + resumed[-1]["wall_s"]
 
 
 def test_a_grid_submitted_through_the_jobs_api_writes_its_rows_with_the_submitters_version(cluster, tmp_path):
