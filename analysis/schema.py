@@ -47,9 +47,14 @@ RESULT_SCHEMA = pa.schema(
         pa.field("regularized_steps", pa.int64()),  # steps that took the regularized update (two passes, or db's double backprop), not a plain one
         # the dataset's identity: classes, image counts and a fingerprint of its file list (not its path)
         pa.field("dataset_id", pa.string()),
+        # when the epoch began and its evaluation ended, in Unix seconds (rank 0's clock): a run's timeline,
+        # its gaps (starts, restarts, checkpoints) included
+        pa.field("started_at", pa.float64()),
+        pa.field("ended_at", pa.float64()),
     ]
 )
 
-OPTIONAL = ("trial_wall_s", "val_images", "skipped_steps", "regularized_steps", "dataset_id")
+OPTIONAL = ("trial_wall_s", "val_images", "skipped_steps", "regularized_steps", "dataset_id", "started_at",
+            "ended_at")
 
 STATUSES = ("ok", "diverged", "failed")

@@ -277,6 +277,7 @@ class Run:
         return tensor
 
     def run_epoch(self) -> dict:
+        started_at = time.time()
         (loss_sum, wrong, norm_sum, norm_steps, skipped, seen, steps, regularized), seconds = self.train_one_epoch()
         train_loss = loss_sum / max(seen, 1)
         collapsed = self.scaler.is_enabled() and self.scaler.get_scale() < MIN_LOSS_SCALE
@@ -290,7 +291,7 @@ class Run:
             val_images=n_val, grad_norm=norm_sum / norm_steps if norm_steps else float("nan"),
             skipped_steps=int(skipped), regularized_steps=int(regularized), lr=self.scheduler.get_last_lr()[0],
             images_per_s=seen / seconds, wall_s=seconds, workers=self.world, device=device_name(self.device),
-            status="diverged" if diverged else "ok",
+            status="diverged" if diverged else "ok", started_at=started_at, ended_at=time.time(),
         )
 
     # ---- checkpoints -----------------------------------------------------------------------------------
