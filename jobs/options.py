@@ -35,10 +35,12 @@ def flag(name: str) -> str:
 
 
 def swept_fields() -> list[str]:
-    """The fields a grid sweeps: every maths field and the seed, variant and α first."""
-    first = ["variant", "alpha", "r"]
-    rest = [n for n in FIELDS if n not in RUNTIME and n not in NOT_OPTIONS and n not in first]
-    return first + rest + ["seed"]
+    """The fields a grid sweeps: every maths field and the seed, in the order the trials run (the last varies
+    fastest). The seed comes first: every cell runs its first seed before any cell its second, so a grid
+    read while it runs, or stopped early, has every cell; and trials that run at once differ in scheme
+    (and so in length), so that one trains while another starts."""
+    first = ["seed", "variant", "alpha", "r"]
+    return first + [n for n in FIELDS if n not in RUNTIME and n not in NOT_OPTIONS and n not in first]
 
 
 def numeric_lists() -> tuple[str, ...]:

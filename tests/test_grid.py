@@ -99,6 +99,11 @@ def test_the_grid_is_the_product_with_the_schemes_named():
                          + [("sam", 1.0, 0.05, s) for s in (0, 1)])
 
 
+def test_every_cell_runs_its_first_seed_before_any_cell_its_second():
+    order = [(c.seed, c.variant) for c in configs("--seeds", "0,1", "--alpha", "0,0.8,1")]
+    assert order == [(0, "standard"), (0, "gnp"), (0, "sam"), (1, "standard"), (1, "gnp"), (1, "sam")]
+
+
 def test_a_standard_cell_ignores_r_and_the_variant_so_it_runs_once():
     got = cells(configs("--seeds", "0", "--alpha", "0,0.5,1", "--r", "0.01,0.05", "--variant", "gnp,fgr"))
     assert got == sorted([("standard", 0.0, 0.0, 0)]
