@@ -119,8 +119,9 @@ def fit_grid(configs: list[TrainConfig], *, run: dict, storage: str, concurrent:
     tuner = tune.Tuner(
         trainable,
         param_space={"train": tune.grid_search([dataclasses.asdict(c) for c in configs])},
+        # reuse_actors: a trial's driver process (torch, Ray Train and Tune imported) drives the next trial
         tune_config=tune.TuneConfig(max_concurrent_trials=concurrent, trial_name_creator=name_of,
-                                    trial_dirname_creator=name_of),
+                                    trial_dirname_creator=name_of, reuse_actors=True),
         run_config=tune.RunConfig(
             name=f"{run['experiment']}-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=storage, verbose=1,
             failure_config=tune.FailureConfig(max_failures=run["max_failures"]), callbacks=callbacks,

@@ -23,7 +23,6 @@ from ray.train.v2.api.callback import UserCallback
 
 from gnp import checkpoint
 from gnp.config import TrainConfig
-from gnp.loop import train
 from jobs import results
 from jobs.options import Placement
 
@@ -111,7 +110,12 @@ class TrialClock(UserCallback):
 
 
 def train_loop_per_worker(config: dict) -> None:
-    """Runs on every Train worker: gnp.train with Ray's device, checkpoint and report."""
+    """Runs on every Train worker: gnp.train with Ray's device, checkpoint and report.
+
+    gnp.loop is imported here, not at the top: the trial driver and Train's controller, which import this
+    module too, then never load torchvision (seconds of CPU per process, per trial)."""
+    from gnp.loop import train
+
     out = tempfile.mkdtemp(prefix="gnp-worker-")  # this worker's epoch checkpoints before upload
     cfg = TrainConfig(**config["train"]).replace(out=out)
     resume = None
