@@ -11,7 +11,7 @@ import hashlib
 import os
 from pathlib import Path
 
-IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
+from gnp.folders import IMAGE_EXTENSIONS
 
 
 def _walk(folder: str, prefix: str, out: list) -> None:

@@ -29,8 +29,9 @@ from torch.nn.parallel import DistributedDataParallel
 
 from gnp import checkpoint
 from gnp.config import TrainConfig, ranks_for
-from gnp.data import build_loaders, check_layout, derived_seed, ensure_digits, normalize
+from gnp.data import build_loaders, derived_seed, normalize
 from gnp.errors import UserError
+from gnp.folders import check_layout, ensure_digits
 from gnp.models import build_model
 from gnp.optim import GNP
 

@@ -45,8 +45,8 @@ def check_writable(results: str) -> None:
 
 def local_dataset(data: str | None) -> dict:
     """Check the layout and take the identity of the data on this machine (the embedded digits if None)."""
-    from gnp.data import check_layout, ensure_digits
     from gnp.dataset_id import dataset_identity
+    from gnp.folders import check_layout, ensure_digits
 
     return dataset_identity(ensure_digits() if data is None else check_layout(data))
 

@@ -15,6 +15,6 @@ os.environ["RAY_AUTH_MODE"] = "token"
 def digits_root(tmp_path_factory):
     cache = tmp_path_factory.mktemp("gnp-cache")
     os.environ["GNP_CACHE"] = str(cache)  # child processes (DDP, Ray workers) inherit it
-    from gnp.data import ensure_digits
+    from gnp.folders import ensure_digits
 
     return ensure_digits()

@@ -189,6 +189,23 @@ def test_token_reaches_every_node_without_being_written_down():
 # ---- one Ray version everywhere ----------------------------------------------------------------------------
 
 
+def test_the_oldest_versions_checked_are_pyprojects_lower_bounds_and_the_tested_ones_within_its_ranges():
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    declared = {r.name: r.specifier for r in map(Requirement, tomllib.loads(
+        (ROOT / "pyproject.toml").read_text())["project"]["dependencies"])}
+    oldest = dict(pin.split("==") for pin in re.search(r"^OLDEST := (.*)$", (ROOT / "Makefile").read_text(),
+                                                         re.M).group(1).split())
+    assert set(oldest) == {"torch", "torchvision"}
+    for name, version in oldest.items():
+        assert Version(version) in declared[name]
+        assert [Version(s.version) for s in declared[name] if s.operator == ">="] == [Version(version)]
+    tested = dict(re.findall(r"^([\w-]+)==(\S+)$", (ROOT / "constraints.txt").read_text(), re.M))
+    for name in ("torch", "torchvision", "ray"):
+        assert Version(tested[name]) in declared[name], name
+
+
 def test_every_image_and_ray_version_matches_the_constraints_pin():
     pin = ray_pin()
     import ray
@@ -1023,7 +1040,7 @@ def test_shards_round_trip_and_a_rerun_skips_what_is_staged(tmp_path, shards_mod
     assert stats["bytes"] == sum(map(len, files.values()))
     for name, data in files.items():
         assert (tmp_path / "dst" / name).read_bytes() == data
-    from gnp.data import check_layout
+    from gnp.folders import check_layout
 
     check_layout(tmp_path / "dst")  # the layout --data expects, .staged/ markers and all
     again = shards_module.stage(f"file://{tmp_path / 'shards'}", tmp_path / "dst", log=lambda *_: None)

@@ -6,8 +6,9 @@ import pytest
 from PIL import Image
 from torchvision import datasets
 
-from gnp.data import ShardSampler, check_layout, ensure_digits
+from gnp.data import ShardSampler
 from gnp.errors import UserError
+from gnp.folders import check_layout, ensure_digits
 
 
 def test_digits_are_written_once_in_the_imagenet_layout(digits_root, tmp_path):
