@@ -28,7 +28,7 @@ PAPER_GRID = --recipe $(RECIPE) --data $(DATA) --seeds 0,1,2 --alpha 0,0.2,0.3,1
 GRID ?= $(if $(DATA),$(PAPER_GRID),$(DEMO_GRID))
 GRID_ARGS = $(GRID) --results $(RESULTS) $(if $(DRY_RUN),--dry-run)
 
-.PHONY: install test test-gpu imagenet train tables lint bench submit clean
+.PHONY: install test test-oldest test-gpu imagenet train tables lint bench submit clean
 
 install: $(VENV)/.installed
 
@@ -40,6 +40,17 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
+
+# The suite on the oldest torch and torchvision pyproject.toml admits (its lower bounds), everything else as
+# in constraints.txt, in its own environment (.venv-oldest; pip downloads about 3 GB of CUDA wheels).
+OLDEST := torch==2.11.0 torchvision==0.26.0
+VENV_OLDEST := .venv-oldest
+test-oldest:
+	test -x $(VENV_OLDEST)/bin/python || $(PYTHON) -m venv $(VENV_OLDEST)
+	mkdir -p build && grep -vE '^(torch|torchvision)==' constraints.txt > build/constraints-oldest.txt
+	printf '%s\n' $(OLDEST) >> build/constraints-oldest.txt
+	$(VENV_OLDEST)/bin/python -m pip install --quiet -c build/constraints-oldest.txt -e '.[dev]'
+	$(VENV_OLDEST)/bin/python -m pytest -q -p no:cacheprovider
 
 # The CUDA tier and the GPU benchmarks on a machine with one GPU: torch and torchvision are enough (no Ray,
 # no .venv), logs and JSON under OUT (about 9 minutes on an H100).
@@ -68,6 +79,6 @@ bench: $(VENV)/.installed
 	$(PY) bench/step_ratio.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(VENV_OLDEST) .pytest_cache .ruff_cache
 
 include cluster/cluster.mk
