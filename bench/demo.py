@@ -6,8 +6,9 @@
 Runs `make imagenet` as a user does (a fresh results folder), timed from outside, then reads its result rows.
 The union of every epoch's [started_at, ended_at] over all trials (training and evaluation) is the time some
 trial was in an epoch; the rest of the wall time is starting the local Ray cluster, each trial's driver and
-worker group, checkpoint uploads, teardown and the final table: Ray's share. Per trial, trial_wall_s less its
-epochs is the same overhead trial by trial (trials overlap, so these do not add up to the wall time).
+worker group, checkpoint uploads, teardown and the final table: Ray's share. Per trial, the same overhead is
+split into the time before its first epoch and after its last (its trial_wall_s less the span of its epochs)
+and the time between its epochs (trials overlap, so these do not add up to the wall time).
 """
 
 import argparse
@@ -41,7 +42,7 @@ def main() -> None:
     p.add_argument("--json", metavar="FOLDER", help="also write the figures as JSON there")
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="gnp-demo-") as results:
-        start = time.monotonic()
+        start, began = time.monotonic(), time.time()
         done = subprocess.run(["make", "--no-print-directory", "imagenet", f"RESULTS={results}",
                                *args.make_args], cwd=ROOT, capture_output=True, text=True)
         wall = time.monotonic() - start
@@ -54,17 +55,28 @@ def main() -> None:
     trials = {}
     for r in rows:
         trials.setdefault(r["trial_key"], []).append(r)
-    per_trial = sorted(ts[0]["trial_wall_s"] - sum(r["ended_at"] - r["started_at"] for r in ts)
-                       for ts in trials.values())
+    between, around, timeline = [], [], []  # per trial: between its epochs; before the first and after the last
+    for ts in sorted(trials.values(), key=lambda ts: min(r["started_at"] for r in ts)):
+        first, last = min(r["started_at"] for r in ts), max(r["ended_at"] for r in ts)
+        between.append(last - first - sum(r["ended_at"] - r["started_at"] for r in ts))
+        around.append(ts[0]["trial_wall_s"] - (last - first))
+        timeline.append(dict(trial=f"{ts[0]['variant']} α={ts[0]['alpha']:g} seed {ts[0]['seed']}",
+                             first_epoch_s=round(first - began, 1), last_epoch_end_s=round(last - began, 1),
+                             trial_wall_s=round(ts[0]["trial_wall_s"], 1)))
     figures = dict(
         date=datetime.date.today().isoformat(), machine=f"{platform.machine()} ({platform.processor() or '?'})",
         make_args=args.make_args, trials=len(trials), epochs=len(rows), wall_s=round(wall, 1),
         in_epochs_s=round(in_epochs, 1), ray_share=round(1 - in_epochs / wall, 3),
-        overhead_per_trial_s=[round(x, 1) for x in per_trial],
+        trial_start_and_end_s=[round(x, 1) for x in around], between_epochs_s=[round(x, 1) for x in between],
+        timeline=timeline,
     )
     print(f"make imagenet: {wall:.1f} s for {len(trials)} trials, {len(rows)} epochs; some trial in an epoch for "
           f"{in_epochs:.1f} s; Ray's share {100 * figures['ray_share']:.1f}%")
-    print("each trial's time outside its epochs (s): " + ", ".join(f"{x:.1f}" for x in per_trial))
+    print("each trial's seconds before its first epoch and after its last: " + ", ".join(f"{x:.1f}" for x in around))
+    print("each trial's seconds between its epochs (checkpoints, reports): " + ", ".join(f"{x:.1f}" for x in between))
+    for t in timeline:
+        print(f"  {t['trial']:<22} epochs from {t['first_epoch_s']:6.1f} s to {t['last_epoch_end_s']:6.1f} s "
+              f"after make started; {t['trial_wall_s']:.1f} s in all")
     if args.json:
         write_figures(args.json, "demo", "cpu", figures)
 
