@@ -13,7 +13,7 @@ and the time between its epochs (trials overlap, so these do not add up to the w
 
 import argparse
 import datetime
-import platform
+import os
 import subprocess
 import sys
 import tempfile
@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
-from figures import write_figures
+from figures import cpu_model, write_figures
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -64,7 +64,7 @@ def main() -> None:
                              first_epoch_s=round(first - began, 1), last_epoch_end_s=round(last - began, 1),
                              trial_wall_s=round(ts[0]["trial_wall_s"], 1)))
     figures = dict(
-        date=datetime.date.today().isoformat(), machine=f"{platform.machine()} ({platform.processor() or '?'})",
+        date=datetime.date.today().isoformat(), machine=f"{cpu_model()}, {len(os.sched_getaffinity(0))} cores",
         make_args=args.make_args, trials=len(trials), epochs=len(rows), wall_s=round(wall, 1),
         in_epochs_s=round(in_epochs, 1), ray_share=round(1 - in_epochs / wall, 3),
         trial_start_and_end_s=[round(x, 1) for x in around], between_epochs_s=[round(x, 1) for x in between],

@@ -26,7 +26,6 @@ import math
 import multiprocessing
 import os
 import platform
-import re
 import tempfile
 import time
 from pathlib import Path
@@ -34,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torchvision
-from figures import write_figures
+from figures import cpu_model, write_figures
 from PIL import Image, ImageFilter
 
 from gnp.data import build_loaders
@@ -176,15 +175,6 @@ def train_rates(root: Path, args, variant: str, alpha: float) -> dict:
         gc.collect()
         torch.cuda.empty_cache()
     return result
-
-
-def cpu_model() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor() or "unknown"
-    found = re.search(r"^model name\s*:\s*(.+)$", text, re.MULTILINE)
-    return found.group(1).strip() if found else platform.processor() or "unknown"
 
 
 def main():
