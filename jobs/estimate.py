@@ -11,6 +11,9 @@ import glob
 import json
 from pathlib import Path
 
+import pyarrow.parquet as pq
+from pyarrow import fs as pafs
+
 from gnp import variants
 from gnp.config import TrainConfig, trial_key
 from jobs import results as res
@@ -22,11 +25,7 @@ def measured_rates(results: str) -> list[dict]:
     """{model, device, variant, per_device, source} from earlier rows, then from bench/results."""
     rates = []
     filesystem, root = res.resolve(results)
-    from pyarrow import fs as pafs
-
     selector = pafs.FileSelector(root, recursive=True, allow_not_found=True)
-    import pyarrow.parquet as pq
-
     for info in filesystem.get_file_info(selector):
         if info.type != pafs.FileType.File or not info.path.endswith(".parquet") or "/_ray" in info.path:
             continue

@@ -20,9 +20,16 @@ import sys
 from pathlib import Path
 
 from gnp.errors import UserError
-from jobs import options
+from jobs import local, options
 from jobs import results as res
-from jobs.driver import TRIAL_DRIVER_CPU  # noqa: F401  (the cluster configs are sized with it)
+from jobs.driver import (  # noqa: F401  (TRIAL_DRIVER_CPU: the cluster configs are sized with it)
+    TRIAL_DRIVER_CPU,
+    check_fits,
+    driver_resources,
+    fit_grid,
+    logger_callbacks,
+    record_failures,
+)
 from jobs.options import Placement, build_parser  # noqa: F401  (python -m jobs.grid's parser, read by the cluster tests)
 
 INTERRUPTED = 130  # the shell's code for a command stopped by Ctrl-C
@@ -87,10 +94,8 @@ def run(args) -> int:
     storage = absolute(args.storage or f"{results.rstrip('/')}/_ray")
     check_writable(results)
     on_cluster = bool(os.environ.get("RAY_ADDRESS"))
-    dataset = None
-    if not on_cluster or args.data is None:
-        dataset = local_dataset(args.data)
-    elif args.dry_run and Path(args.data).is_dir():
+    dataset = None  # a cluster's data is identified on a worker node, unless this machine has it for a dry run
+    if not on_cluster or args.data is None or (args.dry_run and Path(args.data).is_dir()):
         dataset = local_dataset(args.data)
     if dataset:
         check_record(args, configs, experiment, results, dataset)
@@ -100,8 +105,6 @@ def run(args) -> int:
         print_plan(configs, experiment=experiment, results=results, gpus_per_worker=args.gpus_per_worker,
                    train_images=dataset["train_images"] if dataset else None)
         return 0
-    from jobs.driver import check_fits, fit_grid, logger_callbacks, record_failures
-
     callbacks = logger_callbacks(args.logger, experiment)
     import ray
 
@@ -109,11 +112,7 @@ def run(args) -> int:
         if on_cluster:
             ray.init(log_to_driver=True)
         else:
-            from jobs import local
-
             print(f"started a local Ray cluster on 127.0.0.1; dashboard {local.start()}", flush=True)
-    from jobs.driver import driver_resources
-
     # A CPU driver's sliver comes off the workers' CPUs, so that a trial fits a node's CPUs exactly.
     driver_cpu = driver_resources(ray.cluster_resources()).get("cpu", 0)
     cpus = args.cpus_per_worker or round(1 - driver_cpu / args.workers, 4)
@@ -163,8 +162,6 @@ def print_table(results: str, experiment: str) -> None:
 
 def main(argv=None) -> int:
     if not os.environ.get("RAY_ADDRESS"):
-        from jobs import local
-
         local.loopback_env()
     args = options.parse_args(sys.argv[1:] if argv is None else list(argv))
     try:

@@ -105,17 +105,24 @@ def grid_path(results: str, experiment: str) -> tuple[pafs.FileSystem, str]:
     return filesystem, f"{root.rstrip('/')}/{experiment}/_grid.json"  # "_": not read by pd.read_parquet
 
 
-def read_grid(results: str, experiment: str) -> dict | None:
-    """The grid an experiment ran (see jobs.options.grid_record), or None for a new experiment."""
-    filesystem, path = grid_path(results, experiment)
+def read_json(filesystem: pafs.FileSystem, path: str) -> dict | None:
+    """A small JSON file on a local or remote filesystem, or None where there is none."""
     if filesystem.get_file_info(path).type != pafs.FileType.File:
         return None
     with filesystem.open_input_stream(path) as f:
         return json.loads(f.read())
 
 
-def write_grid(results: str, experiment: str, grid: dict) -> None:
-    filesystem, path = grid_path(results, experiment)
+def write_json(filesystem: pafs.FileSystem, path: str, data: dict) -> None:
     filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
     with filesystem.open_output_stream(path) as f:
-        f.write(json.dumps(grid, sort_keys=True, indent=1).encode())
+        f.write(json.dumps(data, sort_keys=True, indent=1).encode())
+
+
+def read_grid(results: str, experiment: str) -> dict | None:
+    """The grid an experiment ran (see jobs.options.grid_record), or None for a new experiment."""
+    return read_json(*grid_path(results, experiment))
+
+
+def write_grid(results: str, experiment: str, grid: dict) -> None:
+    write_json(*grid_path(results, experiment), grid)

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import ray.train
 import ray.train.torch
-from pyarrow import fs as pafs
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 from ray.train.torch.config import _set_torch_distributed_env_vars, _TorchBackend
@@ -24,9 +23,9 @@ from ray.train.v2.api.callback import UserCallback
 from gnp import checkpoint
 from gnp.config import TrainConfig
 from jobs import results
+from jobs.local import LOOPBACK
 from jobs.options import Placement
 
-LOOPBACK = "127.0.0.1"
 _listener: socket.socket | None = None  # rank 0's rendezvous socket, from bind to the process group's start
 
 
@@ -88,11 +87,7 @@ class TrialClock(UserCallback):
 
     def __init__(self, storage: str, name: str):
         self.storage, self.name = storage, name
-        filesystem, path = self._file()
-        self.earlier = 0.0
-        if filesystem.get_file_info(path).type == pafs.FileType.File:
-            with filesystem.open_input_stream(path) as f:
-                self.earlier = json.loads(f.read())["trial_wall_s"]
+        self.earlier = (results.read_json(*self._file()) or {}).get("trial_wall_s", 0.0)
         self.start = time.time()  # wall clock: the report arrives in Train's controller, another process
 
     def _file(self):
@@ -103,10 +98,7 @@ class TrialClock(UserCallback):
         return self.earlier + time.time() - self.start
 
     def after_report(self, run_context, metrics, checkpoint):
-        filesystem, path = self._file()
-        filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
-        with filesystem.open_output_stream(path) as f:
-            f.write(json.dumps({"trial_wall_s": self.elapsed()}).encode())
+        results.write_json(*self._file(), {"trial_wall_s": self.elapsed()})
 
 
 def train_loop_per_worker(config: dict) -> None:
