@@ -12,6 +12,7 @@ epoch's sums stay on the device and are read once per epoch (and a one-scalar Na
 """
 
 import dataclasses
+import gc
 import math
 import os
 import random
@@ -39,6 +40,17 @@ DIVERGENCE_CHECK_EVERY = 50  # steps between the (one-scalar) all-reduces that l
 MIN_LOSS_SCALE = 2.0**-16  # an fp16 loss scale below this means every step overflows: diverged
 
 Report = Callable[[dict, str | None], None]  # (metrics row, folder holding checkpoint.pt on rank 0 or None)
+
+
+def close_distributed() -> None:
+    """End the process group that `distributed_context` started (torchrun), once the run's DDP model is gone.
+
+    Left to the interpreter's exit, the group's gloo threads can be torn down while still joinable, which
+    aborts a rank (SIGABRT, "terminate called without an active exception") after a run that succeeded.
+    """
+    if dist.is_initialized():
+        gc.collect()  # the Run (its DDP reducer holds the group) sits in reference cycles
+        dist.destroy_process_group()
 
 
 def distributed_context():

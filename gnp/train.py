@@ -77,7 +77,7 @@ def main(argv=None) -> int:
             print(json.dumps(dataclasses.asdict(cfg), indent=1))
             return 0
         from gnp import checkpoint
-        from gnp.loop import prepare_output, train
+        from gnp.loop import close_distributed, prepare_output, train
 
         out = prepare_output(cfg.out)
         existing = out / checkpoint.FILENAME
@@ -105,7 +105,10 @@ def main(argv=None) -> int:
                   f"top-5 err {row['test_top5_err']:5.2f}%  ‖∇L‖ {row['grad_norm']:.3f}  "
                   f"{row['images_per_s']:7.0f} img/s  {row['wall_s']:5.1f}s  {row['status']}", flush=True)
 
-        rows = train(cfg, resume=resume, report=report)
+        try:
+            rows = train(cfg, resume=resume, report=report)
+        finally:
+            close_distributed()  # this command started the process group under torchrun; it ends it
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

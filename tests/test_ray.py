@@ -136,12 +136,13 @@ def test_two_ray_workers_give_the_same_parameters_as_torchrun(cluster, tmp_path)
     cfg = digits(epochs=1, variant="gnp", alpha=0.5)
     result = fit_trial(cfg, PLACEMENT, storage=str(tmp_path / "storage"), name="same-maths")
     ours = checkpoint.load(Path(result.checkpoint.path) / checkpoint.FILENAME)["model"]
-    subprocess.run(
+    done = subprocess.run(
         [str(BIN / "torchrun"), "--nproc-per-node=2", f"--master-port={free_port()}", "-m", "gnp.train",
          "--epochs", "1", "--batch-size", "32", "--loader-workers", "0", "--threads", "1", "--variant", "gnp",
          "--alpha", "0.5", "--out", str(tmp_path / "torchrun")],
-        check=True, capture_output=True, env={**os.environ, "RAY_ADDRESS": ""},
+        capture_output=True, text=True, env={**os.environ, "RAY_ADDRESS": ""},
     )
+    assert done.returncode == 0, done.stderr[-3000:]
     theirs = checkpoint.load(tmp_path / "torchrun" / checkpoint.FILENAME)["model"]
     assert ours.keys() == theirs.keys()
     for name in ours:

@@ -17,7 +17,7 @@ from torch import nn
 
 from gnp import checkpoint
 from gnp.data import build_loaders
-from gnp.loop import Run, eval_counts, regularizes, step_sums, train
+from gnp.loop import Run, close_distributed, eval_counts, regularizes, step_sums, train
 from gnp.models import build_model
 from gnp.recipes import get_recipe
 from gnp.train import main
@@ -204,7 +204,8 @@ def ddp_worker(rank, init_file, out, data, queue):
     # small messages only: the queue is read after both processes end, and a full pipe would block them
     queue.put((rank, dict(row=row, weights=weights, draw=draw, buffers=digest(run.model.buffers()))))
     dist.barrier()
-    dist.destroy_process_group()
+    del run
+    close_distributed()
 
 
 def test_two_ddp_workers_evaluate_every_image_once_with_one_model(digits_root, tmp_path):
