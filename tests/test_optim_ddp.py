@@ -9,6 +9,7 @@ from test_optim import LR, batch, bn_model, closure_for, flat_norm, float64, los
 from torch.func import functional_call, grad
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from gnp.loop import close_distributed
 from gnp.optim import GNP
 
 WORLD, ALPHA, R, STEPS, L2, MOMENTUM = 2, 0.3, 0.05, 3, 1e-2, 0.9
@@ -29,7 +30,8 @@ def worker(rank, init_file, out_file, variant, sync, build, steps, kw):
                     "buffers": [b.detach() for b in model.module.buffers()], "allreduces": opt.all_reduces},
                    out_file)
     dist.barrier()
-    dist.destroy_process_group()
+    del model, opt  # DDP holds the group: freed first, then the group ends (gnp.loop.close_distributed)
+    close_distributed()
 
 
 def run_ddp(tmp_path, variant, sync=False, build="mlp", steps=1, **kw):
