@@ -4,13 +4,15 @@
     PYTHONPATH=. python3 bench/pipeline.py --workers 1,12 --train --train-workers 12 --json $OUT   # one GPU
 
 (a) The loader alone: img/s through `gnp.data.build_loaders` with the ImageNet train transforms (random-
-    resized crop to 224 and flip, uint8 tensors), for each count of loader processes, and per process.
-    From it, the loader processes and CPU cores one GPU needs at the GPU's rates for standard and GNP
-    training: those of the newest CUDA `step_ratio-*.json` at 224 px under --rates, else --gpu-img-s
-    (then marked as assumed).
+    resized crop to 224 and flip), for each count of loader processes, and per process; for each --decode:
+    `loader` (PIL decodes and resizes, uint8 tensors out) and `device` (the processes only read the files
+    and draw the crops; the training device decodes: its cost shows in (b), not here). From it, the loader
+    processes and CPU cores one GPU needs at the GPU's rates for standard and GNP training: those of the
+    newest CUDA `step_ratio-*.json` at 224 px under --rates, else --gpu-img-s (then marked as assumed).
 (b) --train (CUDA): gnp.loop.Run on the generated folder (imagenet-resnet50: ResNet-50, bf16,
     channels_last) for one epoch of --steps steps, end-to-end img/s next to the same Run fed one batch
-    already on the device (the steps alone), and the ratio; within 10% means the pipeline keeps up.
+    already on the device (the steps alone), and the ratio, for each variant and --decode; within 10%
+    means the pipeline keeps up.
 
 The images are smooth (a colour gradient and ellipses, blurred, with a light grain; 500×375, JPEG q90), as
 photos decode, unlike noise. Rates leave out the first batch of every loader process (the processes
@@ -37,6 +39,7 @@ from figures import cpu_model, write_figures
 from PIL import Image, ImageFilter
 
 from gnp.data import build_loaders
+from gnp.decode import EncodedBatch
 from gnp.loop import Run
 from gnp.recipes import get_recipe
 
@@ -85,11 +88,11 @@ def steady_rate(times: list[float], workers: int, batch: int) -> float:
     return (len(times) - 1 - first) * batch / (times[-1] - times[first])
 
 
-def loader_rate(root: Path, workers: int, batch: int, waves: int) -> dict:
+def loader_rate(root: Path, workers: int, batch: int, waves: int, decode: str) -> dict:
     """The loader alone, for (waves + 1) batches per process; the first is left out."""
     loader, _, _ = build_loaders(root, image_size=224, augmentation="rrc+flip", batch_size=batch,
                                  workers=workers, rank=0, world=1, seed=0,
-                                 pin_memory=torch.cuda.is_available())
+                                 pin_memory=torch.cuda.is_available(), decode=decode)
     wanted = (waves + 1) * workers
     loader.sampler.set_epoch(0)
     times = []
@@ -98,7 +101,7 @@ def loader_rate(root: Path, workers: int, batch: int, waves: int) -> dict:
         if len(times) == wanted:
             break
     img_s = steady_rate(times, workers, batch)
-    return dict(workers=workers, batch=batch, batches_timed=len(times) - workers, img_s=img_s,
+    return dict(decode=decode, workers=workers, batch=batch, batches_timed=len(times) - workers, img_s=img_s,
                 img_s_per_process=img_s / workers)
 
 
@@ -154,20 +157,21 @@ def timed_epoch(run: Run, batches, workers: int) -> float:
     return (len(batches) - mark) * run.cfg.batch_size / (end - timed.start)
 
 
-def train_rates(root: Path, args, variant: str, alpha: float) -> dict:
+def train_rates(root: Path, args, variant: str, alpha: float, decode: str) -> dict:
     """End-to-end img/s of one epoch against the same steps on one batch already on the device."""
     with tempfile.TemporaryDirectory() as out:
         cfg = get_recipe("imagenet-resnet50", data=str(root), device="cuda", out=out, batch_size=args.batch,
-                         loader_workers=args.train_workers, variant=variant, alpha=alpha)
+                         loader_workers=args.train_workers, variant=variant, alpha=alpha, decode=decode)
         cfg = cfg.replace(perturbation_batch=None)  # the recipe's 64 per rank is for 8 GPUs; here one
         run = Run(cfg)
         images, targets = next(iter(run.train_loader))
-        on_device = [(images.to(run.device), targets.to(run.device))]
+        images = images.decode(run.device) if isinstance(images, EncodedBatch) else images.to(run.device)
+        on_device = [(images, targets.to(run.device))]
         timed_epoch(run, on_device * args.warmup, args.train_workers)  # cuDNN's search, the allocator
         end_to_end = timed_epoch(run, run.train_loader, args.train_workers)
         synthetic = timed_epoch(run, on_device * len(run.train_loader), args.train_workers)
         amp = str(run.amp_dtype).removeprefix("torch.")
-        result = dict(variant=variant, alpha=alpha, model=cfg.model, batch=cfg.batch_size, amp=amp,
+        result = dict(variant=variant, alpha=alpha, decode=decode, model=cfg.model, batch=cfg.batch_size, amp=amp,
                       channels_last=cfg.channels_last, loader_workers=cfg.loader_workers,
                       steps=len(run.train_loader), end_to_end_img_s=end_to_end, synthetic_img_s=synthetic,
                       ratio=end_to_end / synthetic, within_10_percent=end_to_end >= 0.9 * synthetic)
@@ -185,6 +189,7 @@ def main():
     p.add_argument("--classes", type=int, default=10)
     p.add_argument("--grain", type=float, default=8.0, help="std of the grain on the smooth images")
     p.add_argument("--workers", default=f"1,{max(2, cpus - 2)}", help="loader process counts for (a)")
+    p.add_argument("--decode", default="loader,device", help="where images are decoded (gnp.train --decode)")
     p.add_argument("--loader-batch", type=int, default=32, help="batch of (a)'s loader")
     p.add_argument("--waves", type=int, default=20, help="(a): batches timed per loader process")
     p.add_argument("--rates", default="bench/results", help="folder with step_ratio-*.json (GPU img/s)")
@@ -220,26 +225,30 @@ def main():
         d = figures["data"]
         print(f"wrote {images} JPEGs (500x375 q90, mean {d['mean_jpeg_bytes'] / 1e3:.0f} KB; ImageNet's "
               f"~110 KB) in {d['write_s']:.1f}s", flush=True)
-        figures["loader"] = [loader_rate(root, w, args.loader_batch, args.waves) for w in workers]
+        decodes = args.decode.split(",")
+        figures["loader"] = [loader_rate(root, w, args.loader_batch, args.waves, d) for d in decodes for w in workers]
         for r in figures["loader"]:
-            print(f"(a) loader, {r['workers']:2d} processes: {r['img_s']:7.0f} img/s, "
-                  f"{r['img_s_per_process']:5.0f} img/s per process (RRC+flip 224, uint8)", flush=True)
-        per_process = figures["loader"][-1]["img_s_per_process"]
+            print(f"(a) decode={r['decode']:6s} {r['workers']:2d} loader processes: {r['img_s']:7.0f} img/s, "
+                  f"{r['img_s_per_process']:5.0f} img/s per process (RRC+flip 224)", flush=True)
         rates, source = gpu_rates(args)
         figures["gpu_rates_source"] = source
-        figures["cores_per_gpu"] = cores_per_gpu(rates, per_process)
         print(f"    GPU rates {source}", flush=True)
-        for scheme, c in figures["cores_per_gpu"].items():
-            print(f"    {scheme:8s} at {c['gpu_img_s']:6.0f} img/s/GPU: {c['loader_processes']} loader "
-                  f"processes at {per_process:.0f} img/s each, {c['cores']} cores per GPU", flush=True)
+        figures["cores_per_gpu"] = {}
+        for d in decodes:
+            per_process = [r for r in figures["loader"] if r["decode"] == d][-1]["img_s_per_process"]
+            figures["cores_per_gpu"][d] = cores_per_gpu(rates, per_process)
+            for scheme, c in figures["cores_per_gpu"][d].items():
+                print(f"    decode={d:6s} {scheme:8s} at {c['gpu_img_s']:6.0f} img/s/GPU: {c['loader_processes']} "
+                      f"loader processes at {per_process:.0f} img/s each, {c['cores']} cores per GPU", flush=True)
         if args.train:
             alphas = {"standard": 0.0, "gnp": 0.8, "sam": 1.0}
-            figures["train"] = [train_rates(root, args, v, alphas[v]) for v in args.variants.split(",")]
+            figures["train"] = [train_rates(root, args, v, alphas[v], d)
+                                for d in decodes for v in args.variants.split(",")]
             for r in figures["train"]:
                 verdict = "within" if r["within_10_percent"] else "NOT within"
-                print(f"(b) {r['variant']:8s} {r['model']} batch {r['batch']} {r['amp']} channels_last, "
-                      f"{r['loader_workers']} loader processes: {r['end_to_end_img_s']:6.0f} img/s end to "
-                      f"end, {r['synthetic_img_s']:6.0f} on a batch on the device: {r['ratio']:.3f} "
+                print(f"(b) {r['variant']:8s} decode={r['decode']:6s} {r['model']} batch {r['batch']} {r['amp']} "
+                      f"channels_last, {r['loader_workers']} loader processes: {r['end_to_end_img_s']:6.0f} img/s "
+                      f"end to end, {r['synthetic_img_s']:6.0f} on a batch on the device: {r['ratio']:.3f} "
                       f"({verdict} 10%)", flush=True)
     if args.json:
         write_figures(args.json, "pipeline", device, figures)

@@ -87,6 +87,10 @@ class TrainConfig:
                                       "increasing (0 → p) or decreasing (p → 0)",
                                       choices=("constant", "increasing", "decreasing"))
     compile: bool = option(False, "torch.compile the model")
+    decode: str = option("loader", "where training and validation JPEGs are decoded: loader (the DataLoader "
+                         "processes, PIL) or device (the loader processes read the files and draw the crops; "
+                         "the training device decodes, crops and flips: nvJPEG on a GPU)",
+                         choices=("loader", "device"))
 
     def replace(self, **changes) -> "TrainConfig":
         return dataclasses.replace(self, **changes)

@@ -6,7 +6,8 @@ gnp.folders, which needs no torch, so the grid driver checks them before loading
 Augmentation is a pure function of (seed, epoch, sample index): each training sample's crop and flip come
 from a generator seeded with those three numbers, so neither the number of loader processes, nor the
 number of ranks, nor a restart can change a single image. Loaders hand out uint8 tensors (a quarter of
-float32's bytes through shared and pinned memory); `normalize` turns them into floats on the device.
+float32's bytes through shared and pinned memory), or with decode="device" the files still encoded
+(gnp.decode); `to_device` turns either into normalized floats on the device.
 """
 
 import functools
@@ -17,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from torchvision import datasets, transforms
 
+from gnp import decode as device_decode
 from gnp.errors import UserError
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -48,6 +50,14 @@ def normalize(images: torch.Tensor, memory_format=torch.contiguous_format) -> to
     """uint8 images (on their device) to the float inputs the models take: (x/255 − mean)/std."""
     mean, std = _mean_std(images.device)
     return images.to(memory_format=memory_format).float().sub_(mean).div_(std)
+
+
+def to_device(images, device: torch.device, memory_format=torch.contiguous_format) -> torch.Tensor:
+    """A loader batch as the model's inputs on `device`: uint8 images copied there, or an encoded batch
+    decoded there, then normalized."""
+    if isinstance(images, device_decode.EncodedBatch):
+        return normalize(images.decode(device), memory_format)
+    return normalize(images.to(device, non_blocking=True), memory_format)
 
 
 def derived_seed(*numbers: int) -> int:
@@ -100,12 +110,17 @@ class ShardSampler(Sampler):
         return len(self.indices)
 
 
-def build_loaders(root: Path, *, image_size, augmentation, batch_size, workers, rank, world, seed, pin_memory):
-    """Per-worker train and val loaders; `batch_size` is per worker."""
+def build_loaders(root: Path, *, image_size, augmentation, batch_size, workers, rank, world, seed, pin_memory,
+                  decode="loader"):
+    """Per-worker train and val loaders; `batch_size` is per worker. decode="device": the batches hold the
+    files still encoded, for `to_device` to decode on the training device (gnp.decode)."""
     train_tf, val_tf = build_transforms(image_size, augmentation)
     # ImageFolder's default loader converts every image to RGB (ImageNet has CMYK JPEGs and a PNG named .JPEG)
-    train_set = datasets.ImageFolder(root / "train", train_tf)
-    val_set = datasets.ImageFolder(root / "val", val_tf)
+    folders = dict(loader=device_decode.read_encoded) if decode == "device" else {}
+    if decode == "device":
+        train_tf, val_tf = device_decode.DrawCrop(train_tf), device_decode.CenterCrop(val_tf)
+    train_set = datasets.ImageFolder(root / "train", train_tf, **folders)
+    val_set = datasets.ImageFolder(root / "val", val_tf, **folders)
     if len(train_set) < batch_size * world:
         raise UserError(f"{root / 'train'} has {len(train_set)} images, fewer than one global batch "
                         f"({batch_size * world}); lower --batch-size")
@@ -113,7 +128,8 @@ def build_loaders(root: Path, *, image_size, augmentation, batch_size, workers, 
     # Each loader's own generator: its worker seeds are drawn from it, not from the global stream, which a
     # persistent loader would otherwise draw from in whichever epoch it starts (a resume shifts that).
     common = dict(num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0,
-                  prefetch_factor=4 if workers > 0 else None)
+                  prefetch_factor=4 if workers > 0 else None,
+                  collate_fn=device_decode.collate if decode == "device" else None)
     train = DataLoader(SeededSamples(train_set, seed), batch_size, sampler=sampler, drop_last=True,
                        generator=torch.Generator().manual_seed(seed), **common)
     val = DataLoader(val_set, batch_size, sampler=ShardSampler(len(val_set), rank, world),

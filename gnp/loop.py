@@ -30,7 +30,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from gnp import checkpoint
 from gnp.config import TrainConfig, ranks_for
-from gnp.data import build_loaders, derived_seed, normalize
+from gnp.data import build_loaders, derived_seed, to_device
 from gnp.errors import UserError
 from gnp.folders import check_layout, ensure_digits
 from gnp.models import build_model
@@ -168,7 +168,7 @@ class Run:
         self.train_loader, self.val_loader, num_classes = build_loaders(
             root, image_size=cfg.image_size, augmentation=cfg.augmentation,
             batch_size=cfg.batch_size // self.world, workers=cfg.loader_workers, rank=self.rank,
-            world=self.world, seed=cfg.seed, pin_memory=cuda,
+            world=self.world, seed=cfg.seed, pin_memory=cuda, decode=cfg.decode,
         )
         self.memory_format = torch.channels_last if cfg.channels_last and cuda else torch.contiguous_format
         self.model = build_model(cfg.model, num_classes).to(self.device, memory_format=self.memory_format)
@@ -215,7 +215,7 @@ class Run:
         total = self.cfg.epochs * self.steps_per_epoch
         start = beat = time.perf_counter()
         for step, (images, targets) in enumerate(self.train_loader):
-            images = normalize(images.to(self.device, non_blocking=True), self.memory_format)
+            images = to_device(images, self.device, self.memory_format)
             targets = targets.to(self.device, non_blocking=True)
             self.regularization_ramp(step)
             regularize = regularizes(self.cfg, self.epoch, self.epoch * self.steps_per_epoch + step, total)
@@ -265,7 +265,7 @@ class Run:
         seen = 0
         k = min(5, len(self.val_loader.dataset.classes))
         for images, targets in self.val_loader:
-            images = normalize(images.to(self.device, non_blocking=True), self.memory_format)
+            images = to_device(images, self.device, self.memory_format)
             targets = targets.to(self.device, non_blocking=True)
             with self.autocast():
                 logits = self.model(images)

@@ -12,12 +12,12 @@ import os
 import warnings
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from test_decode import batches, differences
 from test_optim import batch, mlp, reference_gradient
+from test_train import comparable
 from torch import nn
 
 from gnp import checkpoint
@@ -49,31 +49,6 @@ def recipe(out, **overrides):
     """The digits recipe on the tier's device: 2 epochs, 2 loader processes (pinned memory on CUDA)."""
     return get_recipe("digits", **{"out": str(out), "device": DEVICE, "epochs": 2, "loader_workers": 2,
                                    **overrides})
-
-
-def comparable(rows):
-    return [{k: v for k, v in r.items() if k not in ("wall_s", "images_per_s", "started_at", "ended_at")} for r in rows]
-
-
-@pytest.fixture(scope="module")
-def tiny_imagenet(tmp_path_factory):
-    """4 classes × 12 train / 5 val smooth JPEGs (80×64, q90) in the ImageNet layout; a class is a colour
-    and a stripe direction, so the images are learnable, not noise."""
-    root = tmp_path_factory.mktemp("tiny-imagenet")
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:64, 0:80] / 64.0
-    for c in range(4):
-        colour, angle = np.array([0.2, 0.5, 0.8]) * (1 + c) % 1, c * np.pi / 4
-        for split, n in (("train", 12), ("val", 5)):
-            folder = root / split / f"n0000000{c}"
-            folder.mkdir(parents=True)
-            for i in range(n):
-                phase, freq = rng.uniform(0, 2 * np.pi), rng.uniform(4, 8)
-                wave = 0.5 + 0.5 * np.cos(freq * (xx * np.cos(angle) + yy * np.sin(angle)) + phase)
-                pixels = 255 * (0.6 * colour + 0.4 * wave[..., None] * rng.uniform(0.5, 1, 3))
-                image = Image.fromarray(pixels.clip(0, 255).astype(np.uint8))
-                image.save(folder / f"{split}_{i}.JPEG", quality=90)
-    return root
 
 
 def imagenet(out, root, **overrides):
@@ -123,6 +98,24 @@ def test_resnet18_on_an_imagenet_folder(tiny_imagenet, tmp_path):
     cfg = imagenet(tmp_path, tiny_imagenet, model="resnet18", image_size=64, variant="gnp", alpha=0.5,
                    amp="bf16" if CUDA else "none")
     check_rows(train(cfg), cfg, tiny_imagenet, learns=False)
+
+
+@pytest.mark.parametrize("data", ["digits", "imagenet"])
+def test_decoding_on_the_device_trains(digits_root, tiny_imagenet, tmp_path, data):
+    """--decode device with 2 loader processes (pinned memory on CUDA): nvJPEG, then crops and flips there."""
+    overrides = dict(variant="gnp", alpha=0.5, amp="bf16" if CUDA else "none", decode="device")
+    cfg = recipe(tmp_path, **overrides) if data == "digits" else imagenet(tmp_path, tiny_imagenet, **overrides)
+    check_rows(train(cfg), cfg, digits_root if data == "digits" else tiny_imagenet, learns=data == "digits")
+
+
+def test_images_decoded_on_the_device_are_the_loader_images(tiny_imagenet, odd_files):
+    """The same crops, flips and labels as PIL in the loader processes, greyscale JPEGs turned to RGB and
+    CMYK/PNG files carried as pixels; nvJPEG and a float resize differ from libjpeg and PIL by a grey level
+    or so (a wrong box or flip: 8 to 19 levels on average, tests/test_decode.py)."""
+    for root, size in ((tiny_imagenet, 48), (odd_files, 16)):
+        loader = batches(root, "loader", augmentation="rrc+flip", size=size)
+        device = batches(root, "device", augmentation="rrc+flip", size=size, device=torch.device(DEVICE))
+        assert all(mean < 2 for mean, _ in differences(loader, device)), differences(loader, device)
 
 
 # ---- one step of every variant against the float64 formulas ---------------------------------------------
