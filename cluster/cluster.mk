@@ -44,10 +44,10 @@ CLUSTER_GRID ?= --recipe imagenet-resnet50 --data /mnt/imagenet --seeds 0,1,2 --
 	--workers 8 --gpus-per-worker 1 --cpus-per-worker 10 --experiment $(CLUSTER_EXPERIMENT) \
 	--results s3://$(BUCKET)/gnp-results --storage s3://$(BUCKET)/gnp-ray-storage --no-resource-check
 JOB ?=
-# The job's code: this working tree, without the environment, results and version control; and its version
+# The job's code: this working tree, without the environments, results and version control; and its version
 # (the commit, +dirty for local edits), computed here since the uploaded tree has no .git: the rows record it.
-CODE_VERSION = $(shell $(PY) -c "from jobs.results import code_version; print(code_version())")
-CLUSTER_RUNTIME_ENV = {"working_dir": ".", "excludes": [".venv", ".git", "build", "results", "runs", "data", "out"], "env_vars": {"GNP_CODE_VERSION": "$(CODE_VERSION)"}}
+# The same as `make submit` uploads (jobs.submit).
+CLUSTER_RUNTIME_ENV = $(shell $(PY) -m jobs.submit --print-runtime-env)
 
 # The image: the base image's tag (the Ray inside) plus the commit (the code inside).
 COMMIT ?= $(shell git rev-parse --short=12 HEAD 2>/dev/null)

@@ -116,9 +116,10 @@ def build_loaders(root: Path, *, image_size, augmentation, batch_size, workers, 
     files still encoded, for `to_device` to decode on the training device (gnp.decode)."""
     train_tf, val_tf = build_transforms(image_size, augmentation)
     # ImageFolder's default loader converts every image to RGB (ImageNet has CMYK JPEGs and a PNG named .JPEG)
-    folders = dict(loader=device_decode.read_encoded) if decode == "device" else {}
+    folders = {}
     if decode == "device":
         train_tf, val_tf = device_decode.DrawCrop(train_tf), device_decode.CenterCrop(val_tf)
+        folders = dict(loader=device_decode.read_encoded)
     train_set = datasets.ImageFolder(root / "train", train_tf, **folders)
     val_set = datasets.ImageFolder(root / "val", val_tf, **folders)
     if len(train_set) < batch_size * world:

@@ -74,25 +74,14 @@ class DrawCrop:
             if isinstance(step, transforms.RandomResizedCrop):
                 box = step.get_params(_shape(sample.height, sample.width), step.scale, step.ratio)
             elif isinstance(step, transforms.RandomCrop):
-                top, left, right, bottom = _padding(step.padding)
-                i, j, h, w = step.get_params(_shape(sample.height + top + bottom, sample.width + left + right),
-                                             step.size)
-                box = (i - top, j - left, h, w)
+                pad = step.padding  # an int: build_transforms pads every side alike
+                i, j, h, w = step.get_params(_shape(sample.height + 2 * pad, sample.width + 2 * pad), step.size)
+                box = (i - pad, j - pad, h, w)
             elif isinstance(step, transforms.RandomHorizontalFlip):
                 flip = bool(torch.rand(1) < step.p)
             elif not isinstance(step, transforms.PILToTensor):
                 raise TypeError(f"no device version of {step}")
         return sample._replace(size=self.size, box=box, flip=flip)
-
-
-def _padding(padding) -> tuple[int, int, int, int]:
-    """RandomCrop's padding as (top, left, right, bottom)."""
-    if isinstance(padding, int):
-        return (padding,) * 4
-    if len(padding) == 2:
-        return padding[1], padding[0], padding[0], padding[1]
-    left, top, right, bottom = padding
-    return top, left, right, bottom
 
 
 class CenterCrop:
@@ -129,9 +118,6 @@ class EncodedBatch:
         if self.pixels is not None:
             self.pixels = self.pixels.pin_memory()
         return self
-
-    def __len__(self):
-        return self.n
 
     def decode(self, device: torch.device) -> torch.Tensor:
         """The batch as uint8 NCHW on `device`, in the loader's order."""

@@ -2,16 +2,17 @@
 
     python -m jobs.submit --address http://127.0.0.1:8265 -- --recipe imagenet-resnet50 --data /mnt/imagenet
 
-The working tree is uploaded without .venv, .git, results, runs and data, with the code's version (computed
-here, where the command is typed: the cluster has no .git) for the rows. The job runs `--python` on the
-cluster, which must have this project's environment: the cluster images (cluster/) do; a local cluster
-does when started from the project's environment, `PATH=$PWD/.venv/bin:$PATH .venv/bin/ray start --head
-...` (README). Reach a remote dashboard through `make cluster-dashboard` or `kubectl port-forward`, never
-an open port. With token auth on (Ray's default for `ray start`), the token is read from
-~/.ray/auth_token (RAY_AUTH_MODE=token).
+The working tree is uploaded without the environments, .git, build outputs, results, runs and data, with
+the code's version (computed here, where the command is typed: the cluster has no .git) for the rows. The
+job runs `--python` on the cluster, which must have this project's environment: the cluster images
+(cluster/) do; a local cluster does when started from the project's environment, `PATH=$PWD/.venv/bin:$PATH
+.venv/bin/ray start --head ...` (README). Reach a remote dashboard through `make cluster-dashboard` or
+`kubectl port-forward`, never an open port. With token auth on (Ray's default for `ray start`), the token
+is read from ~/.ray/auth_token (RAY_AUTH_MODE=token).
 """
 
 import argparse
+import json
 import os
 import shlex
 import sys
@@ -21,8 +22,17 @@ from pathlib import Path
 from gnp.errors import UserError
 from jobs import local
 
-EXCLUDES = [".venv", ".git", "results", "runs", "data", "**/__pycache__", "*.pt", ".pytest_cache"]
+# gitignore patterns (Ray's): environments, version control, outputs and data stay behind
+EXCLUDES = [".venv*", ".git", "build", "results", "runs", "data", "out", "**/__pycache__", "*.pt", ".pytest_cache"]
 PROJECT = Path(__file__).resolve().parent.parent
+
+
+def runtime_env() -> dict:
+    """The job's code: this working tree, less EXCLUDES, and its version (computed here: the upload has no
+    .git), which the rows record. `make cluster-submit` uses it too (--print-runtime-env)."""
+    from jobs.results import code_version
+
+    return {"working_dir": str(PROJECT), "excludes": EXCLUDES, "env_vars": {"GNP_CODE_VERSION": code_version()}}
 
 
 def submit(address: str, grid_args: list[str], *, python: str = "python", wait: bool = True,
@@ -31,13 +41,9 @@ def submit(address: str, grid_args: list[str], *, python: str = "python", wait: 
     os.environ.setdefault("RAY_AUTH_MODE", "token")
     from ray.job_submission import JobStatus, JobSubmissionClient
 
-    from jobs.results import code_version
-
     client = JobSubmissionClient(address)
     job_id = client.submit_job(
-        entrypoint=" ".join([python, "-m", "jobs.grid", *map(shlex.quote, grid_args)]),
-        runtime_env={"working_dir": str(PROJECT), "excludes": EXCLUDES,
-                     "env_vars": {"GNP_CODE_VERSION": code_version()}},
+        entrypoint=" ".join([python, "-m", "jobs.grid", *map(shlex.quote, grid_args)]), runtime_env=runtime_env(),
     )
     print(f"submitted {job_id} to {address}; follow it with: ray job logs --follow {job_id}", flush=True)
     if not wait:
@@ -64,8 +70,12 @@ def main(argv=None) -> int:
     p.add_argument("--address", default="http://127.0.0.1:8265", help="the Jobs API (dashboard) address")
     p.add_argument("--python", default="python", help="the interpreter on the cluster (default python)")
     p.add_argument("--no-wait", action="store_true", help="return once submitted")
+    p.add_argument("--print-runtime-env", action="store_true", help="print the job's runtime env as JSON and exit")
     p.add_argument("grid_args", nargs=argparse.REMAINDER, help="-- then the arguments of python -m jobs.grid")
     args = p.parse_args(argv)
+    if args.print_runtime_env:
+        print(json.dumps(runtime_env()))
+        return 0
     grid_args = args.grid_args[1:] if args.grid_args[:1] == ["--"] else args.grid_args
     try:
         if local.token_path().exists():

@@ -398,7 +398,10 @@ def test_make_targets_reach_ray_through_the_tunnel_with_token_auth():
         assert body and f"$(RAY) {command}" in body.group(1), target
         assert "$(VENV)/.installed" in body.group(0).splitlines()[0], target
     runtime_env = json.loads(make("cluster-runtime-env", f"PY={sys.executable}"))
-    assert runtime_env["working_dir"] == "." and ".venv" in runtime_env["excludes"]
+    from jobs import submit
+
+    assert runtime_env == submit.runtime_env()  # `make cluster-submit` uploads what `make submit` does
+    assert runtime_env["working_dir"] == str(ROOT) and ".venv*" in runtime_env["excludes"]  # .venv-oldest too
     assert check.runtime_env_problems(runtime_env, "cluster.mk") == []
     # the rows record the version of the tree uploaded (which has no .git), computed where make runs
     from jobs.results import code_version
