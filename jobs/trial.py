@@ -6,6 +6,7 @@ group reads the latest back with `ray.train.get_checkpoint()` and gnp resumes it
 
 import dataclasses
 import json
+import logging
 import shutil
 import socket
 import tempfile
@@ -101,6 +102,16 @@ class TrialClock(UserCallback):
         results.write_json(*self._file(), {"trial_wall_s": self.elapsed()})
 
 
+def quiet_console() -> None:
+    """Ray Train logs each report (the metrics dict, per rank and epoch) and each checkpoint at INFO on the
+    worker's console, which the driver shows: 213 lines in the demo grid, the progress table lost among
+    them. The console keeps warnings and errors; Ray's log files (logs/train/ in the session) keep it all."""
+    for logger in (logging.getLogger(), logging.getLogger("ray.train")):
+        for handler in logger.handlers:
+            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+                handler.setLevel(logging.WARNING)
+
+
 def train_loop_per_worker(config: dict) -> None:
     """Runs on every Train worker: gnp.train with Ray's device, checkpoint and report.
 
@@ -108,6 +119,7 @@ def train_loop_per_worker(config: dict) -> None:
     module too, then never load torchvision (seconds of CPU per process, per trial)."""
     from gnp.loop import train
 
+    quiet_console()
     out = tempfile.mkdtemp(prefix="gnp-worker-")  # this worker's epoch checkpoints before upload
     cfg = TrainConfig(**config["train"]).replace(out=out)
     resume = None
