@@ -16,9 +16,9 @@
 
 The images are smooth (a colour gradient and ellipses, blurred, with a grain; 500×375, JPEG q90), as photos
 decode, unlike noise; the grain's default (std 25) makes the files average ImageNet's ~110 KB, since the
-entropy decoding's cost follows the bytes (std 8 gives 53 KB, on which PIL gave 18-35% more img/s here). Rates leave out the first batch of every loader process (the processes
-starting, cuDNN's search): steady state only. The model's head has --classes outputs, not 1000 (a
-fraction of a percent of ResNet-50's work).
+entropy decoding's cost follows the bytes (std 8 gives 53 KB, on which PIL gave 18-35% more img/s here).
+Rates leave out the first batch of every loader process (the processes starting, cuDNN's search): steady
+state only. The model's head has --classes outputs, not 1000 (a fraction of a percent of ResNet-50's work).
 """
 
 import argparse
@@ -39,8 +39,7 @@ import torchvision
 from figures import cpu_model, write_figures
 from PIL import Image, ImageFilter
 
-from gnp.data import build_loaders
-from gnp.decode import EncodedBatch
+from gnp.data import build_loaders, uint8_on
 from gnp.loop import Run
 from gnp.recipes import get_recipe
 
@@ -166,8 +165,7 @@ def train_rates(root: Path, args, variant: str, alpha: float, decode: str) -> di
         cfg = cfg.replace(perturbation_batch=None)  # the recipe's 64 per rank is for 8 GPUs; here one
         run = Run(cfg)
         images, targets = next(iter(run.train_loader))
-        images = images.decode(run.device) if isinstance(images, EncodedBatch) else images.to(run.device)
-        on_device = [(images, targets.to(run.device))]
+        on_device = [(uint8_on(images, run.device), targets.to(run.device))]
         timed_epoch(run, on_device * args.warmup, args.train_workers)  # cuDNN's search, the allocator
         end_to_end = timed_epoch(run, run.train_loader, args.train_workers)
         synthetic = timed_epoch(run, on_device * len(run.train_loader), args.train_workers)

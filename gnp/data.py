@@ -52,12 +52,16 @@ def normalize(images: torch.Tensor, memory_format=torch.contiguous_format) -> to
     return images.to(memory_format=memory_format).float().sub_(mean).div_(std)
 
 
-def to_device(images, device: torch.device, memory_format=torch.contiguous_format) -> torch.Tensor:
-    """A loader batch as the model's inputs on `device`: uint8 images copied there, or an encoded batch
-    decoded there, then normalized."""
+def uint8_on(images, device: torch.device) -> torch.Tensor:
+    """A loader batch as uint8 images on `device`: copied there, or (an encoded batch) decoded there."""
     if isinstance(images, device_decode.EncodedBatch):
-        return normalize(images.decode(device), memory_format)
-    return normalize(images.to(device, non_blocking=True), memory_format)
+        return images.decode(device)
+    return images.to(device, non_blocking=True)
+
+
+def to_device(images, device: torch.device, memory_format=torch.contiguous_format) -> torch.Tensor:
+    """A loader batch as the model's inputs on `device`: normalized floats."""
+    return normalize(uint8_on(images, device), memory_format)
 
 
 def derived_seed(*numbers: int) -> int:
