@@ -11,6 +11,7 @@ function of (seed, epoch, sample index) (gnp.data). On CUDA nothing here forces 
 epoch's sums stay on the device and are read once per epoch (and a one-scalar NaN check every 50 steps).
 """
 
+import contextlib
 import dataclasses
 import gc
 import math
@@ -176,7 +177,7 @@ class Run:
         forward = torch.compile(self.model) if cfg.compile else self.model
         self.ddp = forward
         if self.world > 1:
-            self.ddp = DistributedDataParallel(forward, device_ids=[self.device.index] if cuda else None)
+            self.ddp = data_parallel(forward, self.device)
         self.amp_dtype = autocast_dtype(cfg, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.optimizer = GNP(
@@ -258,30 +259,22 @@ class Run:
     @torch.no_grad()
     def evaluate(self):
         """Top-1 and top-5 error in percent over every validation image exactly once (ranks summed), with
-        the BatchNorm statistics averaged over the ranks first, so every rank evaluates the checkpoint."""
-        self.average_buffers()
+        the BatchNorm statistics averaged over the ranks, so every rank evaluates the checkpoint's model.
+        Training then goes on from each rank's own statistics, as in the official code (pmean at eval only)."""
         self.model.eval()  # the plain module: no DDP collectives, ranks may hold different counts
         hits = torch.zeros(2, dtype=torch.float64, device=self.device)
         seen = 0
         k = min(5, len(self.val_loader.dataset.classes))
-        for images, targets in self.val_loader:
-            images = to_device(images, self.device, self.memory_format)
-            targets = targets.to(self.device, non_blocking=True)
-            with self.autocast():
-                logits = self.model(images)
-            hits += eval_counts(logits, targets, k)
-            seen += len(targets)
+        with swapped_buffers(self.model, averaged_buffers(self.model, self.world)):
+            for images, targets in self.val_loader:
+                images = to_device(images, self.device, self.memory_format)
+                targets = targets.to(self.device, non_blocking=True)
+                with self.autocast():
+                    logits = self.model(images)
+                hits += eval_counts(logits, targets, k)
+                seen += len(targets)
         top1, top5, n = self.all_sum(torch.cat([hits, hits.new_tensor([seen])])).tolist()
         return 100 * (1 - top1 / n), 100 * (1 - top5 / n), int(n)
-
-    def average_buffers(self):
-        """BatchNorm running statistics: the mean over ranks (as the official code's pmean before eval)."""
-        if self.world == 1:
-            return
-        for buffer in self.model.buffers():
-            if buffer.is_floating_point():
-                dist.all_reduce(buffer)
-                buffer /= self.world
 
     def all_sum(self, tensor):
         if self.world > 1:
@@ -310,20 +303,25 @@ class Run:
     # ---- checkpoints -----------------------------------------------------------------------------------
 
     def state(self) -> dict:
-        rng = checkpoint.rng_state(self.device)
-        rngs = [None] * self.world
+        """The checkpoint: the model with the rank-averaged statistics it is evaluated with, and every rank's
+        own statistics and generators, so that a resume on as many ranks is exact everywhere."""
+        own = {name: b.cpu() for name, b in floating_buffers(self.model).items()}
+        rank_states = [None] * self.world
         if self.world > 1:
-            dist.all_gather_object(rngs, rng)  # every rank's own generators, so resume is exact everywhere
+            dist.all_gather_object(rank_states, (checkpoint.rng_state(self.device), own))
         else:
-            rngs = [rng]
+            rank_states = [(checkpoint.rng_state(self.device), own)]
         return dict(
-            model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
+            model={**self.model.state_dict(), **averaged_buffers(self.model, self.world)},
+            rank_buffers=[buffers for _, buffers in rank_states], optimizer=self.optimizer.state_dict(),
             scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(), epoch=self.epoch,
-            rng=rngs, rows=self.rows, config=dataclasses.asdict(self.cfg),
+            rng=[rng for rng, _ in rank_states], rows=self.rows, config=dataclasses.asdict(self.cfg),
         )
 
     def load_state(self, state: dict):
         self.model.load_state_dict(state["model"])
+        if len(state.get("rank_buffers", ())) == self.world:  # else: every rank from the averaged ones
+            set_buffers(self.model, state["rank_buffers"][self.rank])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -332,6 +330,51 @@ class Run:
             checkpoint.set_rng_state(state["rng"][self.rank], self.device)
         else:  # resumed on another number of workers: deterministic, if not the same stream
             seed_everything(rank_seed(self.cfg.seed * 1000 + self.epoch, self.rank))
+
+
+def data_parallel(module: torch.nn.Module, device: torch.device) -> DistributedDataParallel:
+    """DDP that leaves each rank its own BatchNorm running statistics, as each device keeps its own in the
+    official code (DDP's default broadcasts rank 0's to every rank at each forward); they are averaged to
+    evaluate and to checkpoint (`averaged_buffers`)."""
+    return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None,
+                                   broadcast_buffers=False)
+
+
+def floating_buffers(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The running statistics (BatchNorm's mean and variance; not its integer step count), by name."""
+    return {name: b for name, b in model.named_buffers() if b.is_floating_point()}
+
+
+def averaged_buffers(model: torch.nn.Module, world: int) -> dict[str, torch.Tensor]:
+    """A copy of the floating buffers averaged over the ranks (one all-reduce), as the official code's pmean."""
+    own = floating_buffers(model)
+    if not own:
+        return {}
+    flat = torch.cat([b.reshape(-1) for b in own.values()])  # a new tensor: the model's stay as they are
+    if world > 1:
+        dist.all_reduce(flat)
+        flat /= world
+    parts = flat.split([b.numel() for b in own.values()])
+    return {name: part.view_as(b) for (name, b), part in zip(own.items(), parts, strict=True)}
+
+
+@torch.no_grad()
+def set_buffers(model: torch.nn.Module, values: dict[str, torch.Tensor]) -> None:
+    """Copy `values` into the model's buffers of those names, in place (the DDP reducer keeps its views)."""
+    buffers = dict(model.named_buffers())
+    for name, value in values.items():
+        buffers[name].copy_(value)
+
+
+@contextlib.contextmanager
+def swapped_buffers(model: torch.nn.Module, values: dict[str, torch.Tensor]):
+    """The model's buffers hold `values` inside the block and their own values again after it."""
+    kept = {name: b.clone() for name, b in floating_buffers(model).items()}
+    set_buffers(model, values)
+    try:
+        yield
+    finally:
+        set_buffers(model, kept)
 
 
 def device_name(device: torch.device) -> str:

@@ -22,7 +22,8 @@ Choices that follow the paper and the official JAX code (zhaoyang-0204/gnp):
 - ‖g1‖ is one global L2 norm over all parameters; a zero g1 gives no NaN (the step is the base step).
 - Weight decay is an L2 term of the loss by default (`weight_decay_mode="l2"`), so g1, the perturbation
   direction and g2 include it; `"base"` hands it to the base optimizer instead.
-- `mix="official"` is the JAX code's default, g = (1 − α)·g1/‖g1‖ + α·g2; the paper's raw g1 is default.
+- `mix="official"` is the JAX code's default, g = (1 − α)·g1/‖g1‖ + α·g2; the paper's raw g1 is default. A
+  one-pass step (standard, α = 0, warm-up and amortized steps) is g = g1 under either mix, as there.
 - Pass the model as `model` (or the module itself as `params`): its BatchNorm running statistics are then
   updated by the first pass only, and both passes see the same dropout masks (`same_dropout_masks`, as the
   official code gives both passes one key). Under DDP, pass the wrapped module: the first pass runs under
@@ -34,7 +35,7 @@ Choices that follow the paper and the official JAX code (zhaoyang-0204/gnp):
   skipped whole (`skipped` tells, on the device): routine for fp16, not divergence.
 
 The closure runs forward and backward and returns the loss, without zeroing gradients: the optimizer owns
-`.grad` between the passes. For `db` it must accept `create_graph` and pass it to `loss.backward`.
+`.grad` between the passes (a closure that zeroes them is refused with `ClosureZeroedGradients`). For `db` it must accept `create_graph` and pass it to `loss.backward`.
 `grad_norm` after a step is ‖∇L(θ)‖ of the data loss (no L2 term) on this rank's batch, a device tensor.
 """
 
@@ -200,7 +201,7 @@ class GNP(torch.optim.Optimizer):
             a, b = self.mix_weights(self, g1_norm)
             torch._foreach_mul_(g1, scale * (a / b))
             self._add_l2(params, g1, scale)
-            with self._running_stats_kept(), self._replayed_rng(rng), torch.enable_grad():
+            with self._running_stats_kept(), self._replayed_rng(rng), _preload_kept(params), torch.enable_grad():
                 closure()  # g2 = ∇L(θ'), added onto the pre-loaded g1 and all-reduced once
             torch._foreach_mul_([p.grad for p in params], b)  # g = a·g1 + b·g2
         finally:
@@ -217,9 +218,7 @@ class GNP(torch.optim.Optimizer):
         local_sq = self._local_sq  # DDP: this rank's ‖∇L‖², noted before the all-reduce
         local = local_sq.sqrt() if local_sq is not None else torch.nn.utils.get_total_norm(grads)
         self.grad_norm = local / scale
-        self._add_l2(params, grads, scale)
-        if self.mix == "official":  # α = 0 with the official mix: g = g1/‖g1‖
-            torch._foreach_mul_(grads, self.mix_weights(self, torch.nn.utils.get_total_norm(grads) / scale)[0])
+        self._add_l2(params, grads, scale)  # g = g1 under either mix, as the official code's standard step
         return loss
 
     def _double_backprop_step(self, closure):
@@ -286,11 +285,13 @@ class GNP(torch.optim.Optimizer):
                 torch._foreach_add_([g for _, g in pairs], torch._foreach_mul(decay, scale))
 
     def _grad_scale(self) -> torch.Tensor:
-        """The fp16 scaler's scale as a device tensor (no host sync), or 1.0."""
+        """The fp16 scaler's scale as a device tensor (no host sync), or 1 in the parameters' dtype (a
+        float32 one would round a float64 model's mix weights)."""
+        first = self.param_groups[0]["params"][0]
         scaler = self.grad_scaler
         if scaler is None or not scaler.is_enabled():
-            return torch.ones((), device=self.param_groups[0]["params"][0].device)
-        return scaler.scale(torch.ones((), device=self.param_groups[0]["params"][0].device))
+            return torch.ones((), device=first.device, dtype=first.dtype)
+        return scaler.scale(torch.ones((), device=first.device))
 
     def _local_gradients(self):
         """DDP's no_sync() around the first forward and backward: g1 stays on this rank."""
@@ -356,6 +357,32 @@ class GNP(torch.optim.Optimizer):
     def load_state_dict(self, state_dict):
         self.base_optimizer.load_state_dict(state_dict)
         self.param_groups = self.base_optimizer.param_groups
+
+
+class ClosureZeroedGradients(RuntimeError):
+    """The closure zeroed or replaced `.grad` between the passes, where the optimizer keeps g1."""
+
+
+@contextlib.contextmanager
+def _preload_kept(params):
+    """Refuse a closure that zeroes the pre-loaded gradients before its backward (optimizer.zero_grad() or
+    model.zero_grad(), with set_to_none either way): the step would silently become b·g2. Checked when the
+    second backward delivers its first gradient, before anything is accumulated: every .grad must still be
+    the tensor the optimizer pre-loaded, unmodified (its version counter unchanged). No device sync."""
+    loaded = [(p, p.grad, p.grad._version) for p in params]
+
+    def check(_):
+        if any(p.grad is not grad or grad._version != version for p, grad, version in loaded):
+            raise ClosureZeroedGradients(
+                "the closure zeroed the gradients between GNP's two passes (optimizer.zero_grad() or "
+                "model.zero_grad() inside it); GNP zeroes them itself before the first pass: remove that call "
+                "from the closure, which should only run forward and backward and return the loss")
+
+    handle = torch.autograd.graph.register_multi_grad_hook([p for p, _, _ in loaded], check, mode="any")
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def _all_reduce_noting_local_norm(optimizer: GNP, bucket):

@@ -504,3 +504,71 @@ def test_a_compiled_model_is_traced_once_for_both_passes():
         opt.step(closure_for(compiled, x.float(), y))
     assert counter.frame_count == 1
     assert model[1].num_batches_tracked.item() == 4  # pass 1 of each step only
+
+
+# ---- one-pass steps: g = g1 under either mix ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mix", ["paper", "official"])
+@pytest.mark.parametrize("variant,alpha,regularize", [("standard", 0.0, True), ("gnp", 0.0, True),
+                                                      ("gnp", 0.8, False)])
+def test_a_one_pass_step_is_g1_under_either_mix(variant, alpha, regularize, mix):
+    """Standard training, α = 0 and the standard steps of an amortized, hybrid or "zero"-warm-up run take the
+    plain gradient g1 (with its L2 term), as the official code's standard step does, whatever the mix."""
+    model, (x, y), l2 = mlp(), batch(), 0.01
+    g1 = grad(loss_of(model, x, y, l2))({k: v.detach() for k, v in model.named_parameters()})
+    theta = {k: v.detach().clone() for k, v in model.named_parameters()}
+    opt = GNP(model, alpha=alpha, r=0.05, variant=variant, mix=mix, weight_decay=l2, lr=LR)
+    opt.step(closure_for(model, x, y), regularize=regularize)
+    for k, p in model.named_parameters():
+        torch.testing.assert_close(p.detach(), theta[k] - LR * g1[k], rtol=0, atol=1e-12)
+
+
+# ---- a closure that zeroes the gradients ----------------------------------------------------------------
+
+ZEROING = {
+    "optimizer.zero_grad()": lambda opt, model: opt.zero_grad(),
+    "optimizer.zero_grad(set_to_none=False)": lambda opt, model: opt.zero_grad(set_to_none=False),
+    "model.zero_grad()": lambda opt, model: model.zero_grad(),
+    "model.zero_grad(set_to_none=False)": lambda opt, model: model.zero_grad(set_to_none=False),
+}
+
+
+def zeroing_closure(zero, opt, model, x, y):
+    """The closure torch's documentation shows: zero the gradients, forward, backward, return the loss."""
+
+    def closure(create_graph=False):
+        zero(opt, model)
+        loss = F.cross_entropy(model(x), y)
+        loss.backward(create_graph=create_graph)
+        return loss
+
+    return closure
+
+
+@pytest.mark.parametrize("how", list(ZEROING))
+@pytest.mark.parametrize("variant,alpha", [("gnp", 0.6), ("sam", 1.0), ("fgr", 0.5), ("bgr", 0.5),
+                                           ("asam", 0.5)])
+def test_a_two_pass_closure_that_zeroes_the_gradients_is_refused_and_leaves_theta(variant, alpha, how):
+    from gnp.optim import ClosureZeroedGradients
+
+    model, (x, y) = mlp(), batch()
+    theta = [p.detach().clone() for p in model.parameters()]
+    opt = GNP(model, alpha=alpha, r=0.05, variant=variant, lr=LR)
+    with pytest.raises(ClosureZeroedGradients, match="remove that call from the closure"):
+        opt.step(zeroing_closure(ZEROING[how], opt, model, x, y))
+    assert all(torch.equal(p, q) for p, q in zip(theta, model.parameters(), strict=True))
+
+
+@pytest.mark.parametrize("how", list(ZEROING))
+@pytest.mark.parametrize("variant,alpha", [("db", 0.4), ("standard", 0.0)])
+def test_a_one_pass_closure_may_zero_the_gradients_first(variant, alpha, how):
+    """db and standard steps call the closure once, on gradients the optimizer has just cleared: zeroing
+    them first changes nothing, so it is allowed and the update is exact."""
+    model, (x, y) = mlp(), batch()
+    expected = reference_gradient(model, x, y, "db", alpha, 0.05, l2=0.01)
+    theta = {k: v.detach().clone() for k, v in model.named_parameters()}
+    opt = GNP(model, alpha=alpha, r=0.05, variant=variant, weight_decay=0.01, lr=LR)
+    opt.step(zeroing_closure(ZEROING[how], opt, model, x, y))
+    for k, p in model.named_parameters():
+        torch.testing.assert_close(p.detach(), theta[k] - LR * expected[k], rtol=0, atol=1e-12)
