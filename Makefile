@@ -22,7 +22,7 @@ CLUSTER_PYTHON ?= python
 DEMO_GRID = --recipe digits --seeds 0,1 --alpha 0,0.8,1 --r 0.05 --workers 2 --cpus-per-worker 0.49 \
 	--experiment $(or $(EXPERIMENT),digits-demo)
 # The paper's ImageNet grid for RECIPE (DATA given): 3 seeds x alpha in {0, 0.2, 0.3, 1}, r = 0.05.
-WORKERS ?= 8
+WORKERS ?= 4
 PAPER_GRID = --recipe $(RECIPE) --data $(DATA) --seeds 0,1,2 --alpha 0,0.2,0.3,1 --r 0.05 \
 	--workers $(WORKERS) --gpus-per-worker 1 --experiment $(or $(EXPERIMENT),$(RECIPE)-paper)
 GRID ?= $(if $(DATA),$(PAPER_GRID),$(DEMO_GRID))

@@ -49,7 +49,7 @@ fi
 
 run tests "${TESTS_S:-200}" "$py" -m pytest -m gpu tests/test_gpu.py -q -p no:cacheprovider --durations=20 \
     --junitxml="$out/tests.xml"
-run step_ratio "${STEP_RATIO_S:-220}" "$py" bench/step_ratio.py --model resnet50 --size 224 --batch 256 \
+run step_ratio "${STEP_RATIO_S:-220}" "$py" bench/step_ratio.py --model ResNet50 --size 224 --batch 256 \
     --amp bf16 --channels-last --compile both --no-ddp --steps 15 --warmup 3 --json "$out"
 run pipeline "${PIPELINE_S:-160}" "$py" bench/pipeline.py --workers "1,$workers" --train \
     --train-workers "$workers" --batch 256 --steps 30 --rates "$out" --json "$out" \

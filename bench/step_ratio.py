@@ -1,7 +1,7 @@
 """What a GNP step costs next to a standard step, measured side by side in one run.
 
     .venv/bin/python bench/step_ratio.py                      # small CNN, 1 CPU process and 2 gloo DDP workers
-    PYTHONPATH=. python3 bench/step_ratio.py --model resnet50 --size 224 --batch 256 --amp bf16 \\
+    PYTHONPATH=. python3 bench/step_ratio.py --model ResNet50 --size 224 --batch 256 --amp bf16 \\
         --channels-last --compile both --no-ddp --json bench/results   # one GPU: img/s, ratio, memory
 
 Schemes: standard (one pass), GNP (α = 0.8), SAM, and amortized GNP (a two-pass step every 4th step,
@@ -45,7 +45,7 @@ def build(args, device, kw, world):
     """(optimizer, closure, p) for one scheme on its own copy of the model."""
     torch.manual_seed(0)
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
-    model = build_model(args.model, args.classes).to(device, memory_format=fmt)
+    model = build_model(args.model, args.classes, args.size).to(device, memory_format=fmt)
     forward = torch.compile(model) if args.compiled else model
     if world > 1:
         forward = DDP(forward)

@@ -41,7 +41,7 @@ CLUSTER_EXPERIMENT ?= resnet50-paper
 # the GPUs that happen to be up when it is submitted (Ray queues the trials that do not fit yet). No
 # precision flags: the ImageNet recipes choose bf16 + channels_last on CUDA themselves.
 CLUSTER_GRID ?= --recipe imagenet-resnet50 --data /mnt/imagenet --seeds 0,1,2 --alpha 0,0.2,0.3,1 --r 0.05 \
-	--workers 8 --gpus-per-worker 1 --cpus-per-worker 10 --experiment $(CLUSTER_EXPERIMENT) \
+	--workers 4 --gpus-per-worker 1 --cpus-per-worker 10 --experiment $(CLUSTER_EXPERIMENT) \
 	--results s3://$(BUCKET)/gnp-results --storage s3://$(BUCKET)/gnp-ray-storage --no-resource-check
 JOB ?=
 # The job's code: this working tree, without the environments, results and version control; and its version

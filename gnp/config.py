@@ -19,7 +19,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 
-from gnp import variants
+from gnp import datasets, models, variants
 from gnp.errors import UserError
 
 
@@ -34,10 +34,13 @@ def option(default, help: str, *, choices=None, runtime: bool = False):
 @dataclass
 class TrainConfig:
     recipe: str = option("digits", "the named preset these values start from")
-    model: str = option("smallcnn", "resnet18, resnet50, resnet101, vgg16_bn or smallcnn")
-    dataset: str = option("digits", "digits (embedded) or imagenet (the folder layout under --data)",
-                          choices=("digits", "imagenet"))
-    data: str | None = option(None, "dataset root holding train/ and val/ (default: the embedded digits)",
+    model: str = option("smallcnn", "the network: the official code's (" + ", ".join(
+        n for n, m in models.REGISTRY.items() if m.source == "official") + "), torchvision's (" + ", ".join(
+        n for n, m in models.REGISTRY.items() if m.source == "torchvision") + ") or smallcnn",
+        choices=tuple(models.REGISTRY))
+    dataset: str = option("digits", "; ".join(f"{d.name}: {d.summary}" for d in datasets.REGISTRY.values()),
+                          choices=tuple(datasets.REGISTRY))
+    data: str | None = option(None, "the dataset's root (default: the embedded copy, for datasets that have one)",
                               runtime=True)
     image_size: int = option(32, "training crop; evaluation resizes to size·8/7 and center-crops")
     epochs: int = option(15, "training epochs (cosine schedule over all of them)")
@@ -68,8 +71,8 @@ class TrainConfig:
     device: str = option("auto", "auto, cpu or cuda", choices=("auto", "cpu", "cuda"), runtime=True)
     loader_workers: int = option(2, "DataLoader processes per rank", runtime=True)
     threads: int = option(0, "torch threads per rank (0: torch's default)", runtime=True)
-    augmentation: str = option("standard", "crop (digits: shifts), or rrc+flip (ImageNet: random-resized "
-                               "crop 0.08–1 and flip)")
+    augmentation: str = option("crop", "the dataset's named preset (training; evaluation): " + "; ".join(
+        f"{name}: {text}" for name, text in datasets.FOLDER_AUGMENTATIONS.items()))
     out: str = option("runs/default", "folder for this run's checkpoint and metrics", runtime=True)
     heartbeat_s: float = option(60.0, "seconds between rank 0's progress lines within an epoch (0: none)",
                                 runtime=True)
@@ -181,6 +184,7 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.mix == "official" and not variant.official_mix:
         raise UserError(f"mix='official' is defined for gnp (and standard), not for {cfg.variant!r}")
     variants.check_options(cfg.variant, cfg.variant_options)
+    datasets.get(cfg.dataset).check_augmentation(cfg.augmentation)
     for name in ("batch_size", "epochs", "regularize_every", "image_size"):
         if getattr(cfg, name) < 1:
             raise UserError(f"{name} must be >= 1, got {getattr(cfg, name)}")
@@ -214,5 +218,5 @@ def ranks_for(cfg: TrainConfig, workers: int) -> None:
         raise UserError(
             f"recipe {cfg.recipe!r} perturbs on {cfg.perturbation_batch} images per rank (batch "
             f"{cfg.batch_size} over {fit} ranks); {workers} workers would give {per_rank}: use {fit} workers, "
-            f"or set perturbation_batch={per_rank} (another experiment)"
+            f"or pass --perturbation-batch {per_rank} (another experiment)"
         )

@@ -19,24 +19,33 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from torchvision import datasets, transforms
 
 from gnp import decode as device_decode
+from gnp import inception
 from gnp.errors import UserError
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def build_transforms(image_size: int, augmentation: str):
-    """torchvision's classification reference: RRC(0.08-1) + flip; eval resize image_size·8/7, center crop.
-
-    "crop" (the digits): shifts by up to 1/8 of the side for training, the whole image for evaluation;
-    flipping a digit would change its class. Both end in uint8 CHW tensors (see `normalize`).
+    """(training, evaluation) transforms of a preset (gnp.datasets.FOLDER_AUGMENTATIONS), ending in uint8 CHW
+    tensors (see `normalize`):
+    - rrc+flip, torchvision's classification reference: RRC(0.08–1) + flip; evaluation resizes to size·8/7
+      and center-crops;
+    - inception, the official code's: TF's Inception crop + flip; its central crop (gnp.inception);
+    - crop (the digits): shifts by up to 1/8 of the side; the whole image for evaluation (flipping a digit
+      would change its class).
     """
+    presets = {
+        "crop": ([transforms.RandomCrop(image_size, padding=image_size // 8)],
+                 [transforms.Resize(image_size), transforms.CenterCrop(image_size)]),
+        "rrc+flip": ([transforms.RandomResizedCrop(image_size, scale=(0.08, 1.0)), transforms.RandomHorizontalFlip()],
+                     [transforms.Resize(round(image_size * 256 / 224)), transforms.CenterCrop(image_size)]),
+        "inception": ([inception.InceptionCrop(image_size), transforms.RandomHorizontalFlip()],
+                      [inception.CentralCrop(image_size)]),
+    }
+    if augmentation not in presets:
+        raise UserError(f"no augmentation {augmentation!r} for image folders; choose one of: {', '.join(presets)}")
+    train, evaluate = presets[augmentation]
     to_tensor = [transforms.PILToTensor()]
-    if augmentation == "crop":
-        train = [transforms.RandomCrop(image_size, padding=image_size // 8)]
-        evaluate = [transforms.Resize(image_size), transforms.CenterCrop(image_size)]
-    else:
-        train = [transforms.RandomResizedCrop(image_size, scale=(0.08, 1.0)), transforms.RandomHorizontalFlip()]
-        evaluate = [transforms.Resize(round(image_size * 256 / 224)), transforms.CenterCrop(image_size)]
     return transforms.Compose(train + to_tensor), transforms.Compose(evaluate + to_tensor)
 
 

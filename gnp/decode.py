@@ -5,8 +5,8 @@ hardware JPEG decoder of A100/H100 for baseline JPEGs) and crops, resizes and fl
 Why: decoding and resizing are most of a loader process's work, so a GPU that would need ten loader
 processes of PIL needs one or two of these. The crop and flip are drawn by the same calls, from the same
 seeded generator, as gnp.data's transforms, so both paths train on the same crops of the same images and
-keep augmentation a pure function of (seed, epoch, sample index); only the resampling differs (a bilinear
-tensor resize with antialiasing, against PIL's), by about a grey level per pixel.
+keep augmentation a pure function of (seed, epoch, sample index); only the resampling differs (a tensor
+resize with antialiasing, bilinear or bicubic as the preset's, against PIL's), by about a grey level per pixel.
 
 Files the device cannot decode (ImageNet has CMYK JPEGs and a PNG named .JPEG) go through gnp.data's
 transform in the loader process, as on the default path, and ride along as pixels.
@@ -22,11 +22,13 @@ from torchvision import transforms
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2 import functional as TF
 
+from gnp import inception
+
 
 class Encoded(NamedTuple):
-    """One image still encoded, and what the device does to it: for training, crop `box` (top, left,
-    height, width; it may reach past the edges, which are zero-padded) resized to `size`, then flip; for
-    evaluation (box None), resize the shorter side to `resize` and center-crop `size`."""
+    """One image still encoded, and what the device does to it: crop `box` (top, left, height, width; it may
+    reach past the edges, which are zero-padded) resized to `size` with `interpolation`, then flip; or (box
+    None: torchvision's evaluation) resize the shorter side to `resize` and center-crop `size`."""
 
     data: torch.Tensor  # the file's bytes, uint8, 1-D
     width: int
@@ -35,6 +37,7 @@ class Encoded(NamedTuple):
     box: tuple[int, int, int, int] | None = None
     flip: bool = False
     resize: int | None = None
+    interpolation: str = "bilinear"
 
 
 def read_encoded(path: str):
@@ -64,7 +67,9 @@ class DrawCrop:
 
     def __init__(self, fallback: transforms.Compose):
         self.fallback = fallback
-        self.size = _step(fallback, transforms.RandomResizedCrop, transforms.RandomCrop).size[0]
+        crop = _step(fallback, transforms.RandomResizedCrop, transforms.RandomCrop, inception.InceptionCrop)
+        self.size = crop.size if isinstance(crop, inception.InceptionCrop) else crop.size[0]
+        self.interpolation = "bicubic" if isinstance(crop, inception.InceptionCrop) else "bilinear"
 
     def __call__(self, sample):
         if not isinstance(sample, Encoded):
@@ -73,6 +78,8 @@ class DrawCrop:
         for step in self.fallback.transforms:
             if isinstance(step, transforms.RandomResizedCrop):
                 box = step.get_params(_shape(sample.height, sample.width), step.scale, step.ratio)
+            elif isinstance(step, inception.InceptionCrop):
+                box = step.get_params(sample.height, sample.width)
             elif isinstance(step, transforms.RandomCrop):
                 pad = step.padding  # an int: build_transforms pads every side alike
                 i, j, h, w = step.get_params(_shape(sample.height + 2 * pad, sample.width + 2 * pad), step.size)
@@ -81,20 +88,26 @@ class DrawCrop:
                 flip = bool(torch.rand(1) < step.p)
             elif not isinstance(step, transforms.PILToTensor):
                 raise TypeError(f"no device version of {step}")
-        return sample._replace(size=self.size, box=box, flip=flip)
+        return sample._replace(size=self.size, box=box, flip=flip, interpolation=self.interpolation)
 
 
 class CenterCrop:
-    """The evaluation transform: the loader path's resize of the shorter side and center crop, on the device."""
+    """The evaluation transform on the device: the loader path's resize of the shorter side and center crop,
+    or the official central crop resized (bicubic)."""
 
     def __init__(self, fallback: transforms.Compose):
         self.fallback = fallback
-        self.resize = _step(fallback, transforms.Resize).size
-        self.size = _step(fallback, transforms.CenterCrop).size[0]
+        self.central = next((s for s in fallback.transforms if isinstance(s, inception.CentralCrop)), None)
+        if self.central is None:
+            self.resize = _step(fallback, transforms.Resize).size
+            self.size = _step(fallback, transforms.CenterCrop).size[0]
 
     def __call__(self, sample):
         if not isinstance(sample, Encoded):
             return self.fallback(sample)
+        if self.central is not None:
+            return sample._replace(size=self.central.size, box=self.central.get_params(sample.height, sample.width),
+                                   interpolation="bicubic")
         return sample._replace(size=self.size, resize=self.resize)
 
 
@@ -110,7 +123,8 @@ class EncodedBatch:
         self.data = torch.cat([s.data for s in items]) if items else torch.empty(0, dtype=torch.uint8)
         self.lengths = [len(s.data) for s in items]
         self.boxes = [(*s.box, s.flip) if s.box is not None else None for s in items]
-        self.size, self.resize = (items[0].size, items[0].resize) if items else (None, None)
+        self.size, self.resize, self.interpolation = (
+            (items[0].size, items[0].resize, items[0].interpolation) if items else (None, None, None))
         self.pixels = torch.stack([samples[i] for i in self.pixel_slots]) if self.pixel_slots else None
 
     def pin_memory(self):
@@ -138,7 +152,8 @@ class EncodedBatch:
         if box is None:
             return TF.center_crop(TF.resize(image, [self.resize], antialias=True), [self.size, self.size])
         top, left, height, width, flip = box
-        image = TF.resized_crop(image, top, left, height, width, [self.size, self.size], antialias=True)
+        mode = transforms.InterpolationMode(self.interpolation)
+        image = TF.resized_crop(image, top, left, height, width, [self.size, self.size], mode, antialias=True)
         return TF.horizontal_flip(image) if flip else image
 
 

@@ -29,11 +29,10 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from gnp import checkpoint
+from gnp import checkpoint, datasets
 from gnp.config import TrainConfig, ranks_for
 from gnp.data import build_loaders, derived_seed, to_device
 from gnp.errors import UserError
-from gnp.folders import check_layout, ensure_digits
 from gnp.models import build_model
 from gnp.optim import GNP
 
@@ -113,14 +112,6 @@ def rank_seed(seed: int, rank: int) -> int:
     return derived_seed(seed, rank, 1)
 
 
-def data_root(cfg: TrainConfig) -> Path:
-    if cfg.data is None:
-        if cfg.dataset != "digits":
-            raise UserError(f"recipe {cfg.recipe!r} needs --data: the folder that holds train/ and val/")
-        return ensure_digits()
-    return check_layout(cfg.data)
-
-
 def prepare_output(out: str) -> Path:
     path = Path(out).expanduser().resolve()
     try:
@@ -156,7 +147,7 @@ class Run:
     def __init__(self, cfg: TrainConfig, device: torch.device | None = None):
         self.cfg = cfg
         self.rank, self.world, local_rank = distributed_context()
-        root = data_root(cfg)
+        root = datasets.get(cfg.dataset).root(cfg.data, cfg.recipe)
         ranks_for(cfg, self.world)
         self.device = device or resolve_device(cfg, local_rank)
         if cfg.threads:
@@ -172,7 +163,7 @@ class Run:
             world=self.world, seed=cfg.seed, pin_memory=cuda, decode=cfg.decode,
         )
         self.memory_format = torch.channels_last if cfg.channels_last and cuda else torch.contiguous_format
-        self.model = build_model(cfg.model, num_classes).to(self.device, memory_format=self.memory_format)
+        self.model = build_model(cfg.model, num_classes, cfg.image_size).to(self.device, memory_format=self.memory_format)
         torch.manual_seed(rank_seed(cfg.seed, self.rank))
         forward = torch.compile(self.model) if cfg.compile else self.model
         self.ddp = forward

@@ -1,15 +1,56 @@
-"""Models by name: the paper's torchvision ImageNet models and a small CNN for the embedded default."""
+"""The networks by name: a registry, torch-free (the choices and the check run before torch or Ray load).
 
-import torchvision
-from torch import nn
+Each network carries the name its source gives it. The official code's networks (models/available_models/
+in zhaoyang-0204/gnp; its scripts' MODEL_NAME) keep their names, `ResNet50`, `VGG16BN`: they are what the
+paper's recipes train. torchvision's keep torchvision's lowercase names, `resnet50`, `vgg16_bn`: the same
+depth with torchvision's stem and initialization (see gnp.nets.resnet for the differences). A name is one
+network, so a trial key that names it names its layers. Randomly initialized, as in the paper.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from gnp.errors import UserError
 
-TORCHVISION_MODELS = ("resnet18", "resnet50", "resnet101", "vgg16_bn")
+
+@dataclass(frozen=True)
+class Model:
+    name: str
+    summary: str
+    build: Callable  # (num_classes, image_size) -> torch.nn.Module; imports torch when called
+    source: str  # "official" (the official JAX code), "torchvision" or "gnp-ray"
 
 
-def small_cnn(num_classes: int) -> nn.Module:
+def _official_resnet(depth):
+    def build(num_classes, image_size):
+        from gnp.nets.resnet import resnet
+
+        return resnet(depth, num_classes)
+
+    return build
+
+
+def _official_vgg16(batch_norm):
+    def build(num_classes, image_size):
+        from gnp.nets.vgg import vgg16
+
+        return vgg16(num_classes, image_size, batch_norm)
+
+    return build
+
+
+def _torchvision(name):
+    def build(num_classes, image_size):
+        import torchvision
+
+        return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+
+    return build
+
+
+def _small_cnn(num_classes, image_size):
     """Three conv-BN-ReLU stages and a linear head: trains the 32×32 digits to ~99% on two CPU cores."""
+    from torch import nn
 
     def stage(cin, cout, stride):
         return [nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
@@ -20,13 +61,34 @@ def small_cnn(num_classes: int) -> nn.Module:
     )
 
 
-MODELS = (*TORCHVISION_MODELS, "smallcnn")
+REGISTRY: dict[str, Model] = {
+    m.name: m
+    for m in (
+        Model("ResNet50", "ResNet-50, the official code's (stem without ReLU, SAME padding, U(±1/√classes) head)",
+              _official_resnet(50), "official"),
+        Model("ResNet101", "ResNet-101, the official code's (as ResNet50)", _official_resnet(101), "official"),
+        Model("VGG16", "VGG16, the official code's (flattened features → 4096 → 4096, dropout 0.5)",
+              _official_vgg16(False), "official"),
+        Model("VGG16BN", "VGG16 with BatchNorm, the official code's", _official_vgg16(True), "official"),
+        Model("resnet18", "torchvision's ResNet-18", _torchvision("resnet18"), "torchvision"),
+        Model("resnet50", "torchvision's ResNet-50 (stem conv → BN → ReLU → max-pool, its default init)",
+              _torchvision("resnet50"), "torchvision"),
+        Model("resnet101", "torchvision's ResNet-101", _torchvision("resnet101"), "torchvision"),
+        Model("vgg16_bn", "torchvision's VGG16-BN (adaptive 7×7 pooling, N(0, 0.01) dense init)",
+              _torchvision("vgg16_bn"), "torchvision"),
+        Model("smallcnn", "a small conv net for the embedded digits (three conv-BN-ReLU stages)", _small_cnn,
+              "gnp-ray"),
+    )
+}
 
 
-def build_model(name: str, num_classes: int) -> nn.Module:
-    """Randomly initialized, as in the paper (no pretrained weights)."""
-    if name == "smallcnn":
-        return small_cnn(num_classes)
-    if name in TORCHVISION_MODELS:
-        return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
-    raise UserError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
+def get(name: str) -> Model:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise UserError(f"unknown model {name!r}; choose one of: {', '.join(REGISTRY)}") from None
+
+
+def build_model(name: str, num_classes: int, image_size: int):
+    """The named network, randomly initialized (the caller seeds torch first)."""
+    return get(name).build(num_classes, image_size)

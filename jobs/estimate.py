@@ -56,8 +56,19 @@ def rate_for(cfg: TrainConfig, on_gpu: bool, rates: list[dict]) -> dict | None:
     return None
 
 
+def packing(configs: list[TrainConfig], workers: int, gpus_per_worker: float) -> str:
+    """One line on what a trial holds and how many an 8-GPU node runs at once."""
+    per_rank = sorted({c.batch_size // workers for c in configs})
+    images = f"{'/'.join(map(str, per_rank))} images per rank"
+    if gpus_per_worker <= 0:
+        return f"each trial: {workers} CPU workers, {images}"
+    gpus = workers * gpus_per_worker
+    return (f"each trial: {workers} workers × {gpus_per_worker:g} GPU, {images}; an 8-GPU node runs "
+            f"{int(8 // gpus)} trial(s) at once")
+
+
 def print_plan(configs: list[TrainConfig], *, experiment: str, results: str, train_images: int | None,
-               gpus_per_worker: float) -> None:
+               workers: int, gpus_per_worker: float) -> None:
     on_gpu = gpus_per_worker > 0
     unit = "GPU-h" if on_gpu else "CPU-worker-h"
     rates = measured_rates(results)
@@ -78,6 +89,7 @@ def print_plan(configs: list[TrainConfig], *, experiment: str, results: str, tra
         source = f"{rate['device']} ({rate['source']})" if rate else "no measurement"
         print(f"{trial_key(cfg):<19} {cfg.variant:<9} {cfg.alpha:>6g} {cfg.r:>6g} {cfg.seed:>4}  "
               f"{'yes' if done else 'no':<8} {'?' if hours is None else f'{hours:.3f}':>12}  {source}")
+    print(packing(configs, workers, gpus_per_worker))
     why = "" if train_images else " (the training images were not counted here)"
     print(f"{len(configs)} trials, {to_run} to run: {todo:.2f} {unit} to go, {total:.2f} in all" +
           (f"; {missing} trial(s) without a measurement{why}" if missing else ""))

@@ -19,6 +19,7 @@ import os
 import sys
 from pathlib import Path
 
+from gnp import datasets
 from gnp.errors import UserError
 from jobs import local, options
 from jobs import results as res
@@ -50,27 +51,25 @@ def check_writable(results: str) -> None:
         raise UserError(f"results folder {results} is not writable; choose another --results")
 
 
-def local_dataset(data: str | None) -> dict:
-    """Check the layout and take the identity of the data on this machine (the embedded digits if None)."""
-    from gnp.dataset_id import dataset_identity
-    from gnp.folders import check_layout, ensure_digits
-
-    return dataset_identity(ensure_digits() if data is None else check_layout(data))
+def local_dataset(dataset: str, data: str | None, recipe: str = "") -> dict:
+    """Check the root and take the identity of the data on this machine (the embedded copy if None)."""
+    spec = datasets.get(dataset)
+    return spec.identify(spec.root(data, recipe))
 
 
-def remote_dataset(data: str, placement) -> dict:
+def remote_dataset(dataset: str, data: str, placement) -> dict:
     """The same, on a node where the workers run (a cluster's data sits on its worker nodes)."""
     import ray
 
-    def identify(root):
+    def identify(name, root):
         try:
-            return local_dataset(root)
+            return local_dataset(name, root)
         except UserError as err:
             return str(err)
 
     task = ray.remote(identify).options(num_cpus=min(1.0, placement.cpus_per_worker),
                                         num_gpus=placement.gpus_per_worker)
-    found = ray.get(task.remote(data))
+    found = ray.get(task.remote(dataset, data))
     if isinstance(found, str):
         raise UserError(found)
     return found
@@ -95,14 +94,16 @@ def run(args) -> int:
     check_writable(results)
     on_cluster = bool(os.environ.get("RAY_ADDRESS"))
     dataset = None  # a cluster's data is identified on a worker node, unless this machine has it for a dry run
-    if not on_cluster or args.data is None or (args.dry_run and Path(args.data).is_dir()):
-        dataset = local_dataset(args.data)
+    dataset_name = configs[0].dataset
+    if not on_cluster or args.data is None or (args.dry_run and Path(args.data).exists()):
+        dataset = local_dataset(dataset_name, args.data, args.recipe)
     if dataset:
         check_record(args, configs, experiment, results, dataset)
     if args.dry_run:
         from jobs.estimate import print_plan
 
-        print_plan(configs, experiment=experiment, results=results, gpus_per_worker=args.gpus_per_worker,
+        print_plan(configs, experiment=experiment, results=results, workers=args.workers,
+                   gpus_per_worker=args.gpus_per_worker,
                    train_images=dataset["train_images"] if dataset else None)
         return 0
     callbacks = logger_callbacks(args.logger, experiment)
@@ -118,7 +119,7 @@ def run(args) -> int:
     cpus = args.cpus_per_worker or round(1 - driver_cpu / args.workers, 4)
     placement = Placement(args.workers, args.gpus_per_worker, cpus)
     if dataset is None:
-        dataset = remote_dataset(args.data, placement)
+        dataset = remote_dataset(dataset_name, args.data, placement)
     record = check_record(args, configs, experiment, results, dataset)
     todo = [c for c in configs if not res.finished_trial(results, experiment, res.trial_key(c), c.epochs)]
     concurrent = len(todo) or 1

@@ -228,6 +228,9 @@ def grid_configs(args) -> list[TrainConfig]:
                         f"variants {', '.join(axes['variant'])}")
     if args.workers < 1:
         raise UserError(f"--workers must be >= 1, got {args.workers}")
+    if len(axes["dataset"]) > 1:
+        raise UserError(f"--dataset takes one value per grid, whose data --data gives; got {axes['dataset']}: "
+                        "run one grid per dataset")
     configs, seen = [], set()
     for values in itertools.product(*axes.values()):
         cfg = cell_config(args, dict(zip(axes, values, strict=True)))
@@ -239,10 +242,37 @@ def grid_configs(args) -> list[TrainConfig]:
     return configs
 
 
+def recipe_values(recipe: str) -> dict:
+    """The recipe's value of every swept field but the seed: what a grid runs where no option is given."""
+    return {name: getattr(RECIPES[recipe], name) for name in swept_fields() if name != "seed"}
+
+
 def grid_record(args, configs: list[TrainConfig], dataset: dict) -> dict:
-    """What `_grid.json` keeps: the recipe, the axes, the workers and the data, all part of the experiment."""
-    return dict(recipe=args.recipe, workers=args.workers, dataset=dataset,
-                axes={k: v for k, v in axes_of(args).items()}, trials=sorted(trial_key(c) for c in configs))
+    """What `_grid.json` keeps: the recipe (and its values, which a later version may change), the axes, the
+    workers and the data, all part of the experiment."""
+    return dict(recipe=args.recipe, recipe_values=recipe_values(args.recipe), workers=args.workers,
+                dataset=dataset, axes={k: v for k, v in axes_of(args).items()},
+                trials=sorted(trial_key(c) for c in configs))
+
+
+def recipe_change(before: dict, now: dict) -> str | None:
+    """The recipe's values that differ from those the experiment ran, where this command keeps the recipe's.
+
+    A record made before recipes were recorded gives its one-value axes instead, which are the recipe's of
+    its day unless that grid overrode them: the message then says it cannot tell the two apart.
+    """
+    recorded = before.get("recipe_values")
+    certain = recorded is not None
+    if not certain:
+        recorded = {name: values[0] for name, values in before["axes"].items() if len(values) == 1}
+    changes = [f"{name} {recorded[name]} → {value}" for name, value in now["recipe_values"].items()
+               if name in recorded and json.dumps(recorded[name]) != json.dumps(value)
+               and now["axes"].get(name) == [value]]
+    if not changes:
+        return None
+    why = ("changed since this experiment ran" if certain else
+           "differs from what this experiment ran (the recipe changed since, or the grid was given those values)")
+    return f"recipe {now['recipe']} {why}: {', '.join(changes)}; its trials would be another experiment"
 
 
 def grid_conflict(before: dict, now: dict) -> str | None:
@@ -255,7 +285,10 @@ def grid_conflict(before: dict, now: dict) -> str | None:
         return f"--recipe was {before.get('recipe')}, now {now['recipe']}"
     if "axes" not in before:
         before = {**now, "axes": dict(seed=before["seeds"], alpha=before["alpha"], r=before["r"],
-                                      variant=before["variant"].split(","))}
+                                      variant=before["variant"].split(",")), "recipe_values": None}
+    changed = recipe_change(before, now)
+    if changed:
+        return changed
     if before.get("workers") != now["workers"]:
         return (f"--workers was {before.get('workers')}, now {now['workers']} (the per-rank batch is part of "
                 "the experiment)")

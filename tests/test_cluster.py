@@ -327,7 +327,7 @@ def test_no_entrypoint_passes_precision_flags():
 
 
 def test_a_trial_fits_on_one_gpu_node():
-    """8 workers x 1 GPU x 10 CPUs (+ the trial driver's sliver) fit the node types / worker pods."""
+    """4 workers x 1 GPU x 10 CPUs (+ the trial driver's sliver) fit the node types / worker pods."""
     from jobs.grid import TRIAL_DRIVER_CPU
 
     for name, argv in entrypoints().items():

@@ -70,6 +70,14 @@ def test_random_resized_crops_and_flips_are_the_loader_ones(tiny_imagenet):
         assert (encoded.decode(CPU).int() - right.int()).abs().float().mean() > 3
 
 
+def test_the_official_inception_crops_are_the_loader_ones(tiny_imagenet):
+    """The official preset on the device: the same distorted boxes and flips, the central evaluation crop,
+    both resized bicubic (a tensor's against PIL's: within two grey levels)."""
+    loader = batches(tiny_imagenet, "loader", augmentation="inception", size=48)
+    device = batches(tiny_imagenet, "device", augmentation="inception", size=48)
+    assert all(mean < 0.5 and worst <= 2 for mean, worst in differences(loader, device))
+
+
 def test_cmyk_png_and_greyscale_files_give_the_loader_images(odd_files):
     """CMYK and PNG go the loader path's way (as pixels in the batch), greyscale JPEGs are decoded to RGB;
     each lands in its place in the batch."""

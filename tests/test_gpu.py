@@ -100,6 +100,15 @@ def test_resnet18_on_an_imagenet_folder(tiny_imagenet, tmp_path):
     check_rows(train(cfg), cfg, tiny_imagenet, learns=False)
 
 
+@pytest.mark.parametrize("decode", ["loader", "device"])
+def test_the_official_resnet50_and_inception_preset_train(tiny_imagenet, tmp_path, decode):
+    """The paper's recipe's network and preprocessing: SAME padding under channels_last and bf16, the
+    Inception crop and central crop, decoded by PIL or (bicubic) on the device."""
+    cfg = imagenet(tmp_path, tiny_imagenet, model="ResNet50", augmentation="inception", image_size=64,
+                   variant="gnp", alpha=0.3, amp="bf16" if CUDA else "none", decode=decode, epochs=1)
+    check_rows(train(cfg), cfg, tiny_imagenet, learns=False)
+
+
 @pytest.mark.parametrize("data", ["digits", "imagenet"])
 def test_decoding_on_the_device_trains(digits_root, tiny_imagenet, tmp_path, data):
     """--decode device with 2 loader processes (pinned memory on CUDA): nvJPEG, then crops and flips there."""
@@ -112,9 +121,10 @@ def test_images_decoded_on_the_device_are_the_loader_images(tiny_imagenet, odd_f
     """The same crops, flips and labels as PIL in the loader processes, greyscale JPEGs turned to RGB and
     CMYK/PNG files carried as pixels; nvJPEG and a float resize differ from libjpeg and PIL by a grey level
     or so (a wrong box or flip: 8 to 19 levels on average, tests/test_decode.py)."""
-    for root, size in ((tiny_imagenet, 48), (odd_files, 16)):
-        loader = batches(root, "loader", augmentation="rrc+flip", size=size)
-        device = batches(root, "device", augmentation="rrc+flip", size=size, device=torch.device(DEVICE))
+    for root, size, augmentation in ((tiny_imagenet, 48, "rrc+flip"), (odd_files, 16, "rrc+flip"),
+                                     (tiny_imagenet, 48, "inception")):
+        loader = batches(root, "loader", augmentation=augmentation, size=size)
+        device = batches(root, "device", augmentation=augmentation, size=size, device=torch.device(DEVICE))
         assert all(mean < 2 for mean, _ in differences(loader, device)), differences(loader, device)
 
 
@@ -193,9 +203,9 @@ def test_evaluation_counts_every_validation_image_once(tiny_imagenet, tmp_path):
     assert abs(top1 - 100 * wrong / n) <= 100 / n + 1e-9  # one near-tie may flip with the batch shape
 
 
-def with_dropout(name, num_classes):
+def with_dropout(name, num_classes, image_size):
     """The model with dropout before its head: training then draws from the device's generator."""
-    model = build_model(name, num_classes)
+    model = build_model(name, num_classes, image_size)
     return nn.Sequential(*model[:-1], nn.Dropout(0.3), model[-1])
 
 

@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -122,9 +123,9 @@ def test_any_option_sweeps():
 
 
 def test_the_recipe_value_is_kept_where_no_option_is_given():
-    cfg = configs("--recipe", "imagenet-resnet50", "--seeds", "0", "--alpha", "0.3", "--workers", "8")[0]
-    assert cfg.clip_grad_norm == 5.0 and cfg.perturbation_batch == 64 and cfg.epochs == 100
-    cfg = configs("--recipe", "imagenet-resnet50", "--seeds", "0", "--alpha", "0.3", "--workers", "8",
+    cfg = configs("--recipe", "imagenet-resnet50", "--seeds", "0", "--alpha", "0.3", "--workers", "4")[0]
+    assert cfg.clip_grad_norm == 5.0 and cfg.perturbation_batch == 128 and cfg.epochs == 100
+    cfg = configs("--recipe", "imagenet-resnet50", "--seeds", "0", "--alpha", "0.3", "--workers", "4",
                   "--clip-grad-norm", "none")[0]
     assert cfg.clip_grad_norm is None
 
@@ -134,14 +135,29 @@ def test_the_recipe_value_is_kept_where_no_option_is_given():
     (["--alpha", "0.5", "--r", "-1"], "r must be >= 0"),
     (["--alpha", "0.5", "--r", "0"], "r must be > 0"),
     (["--batch-size", "30", "--workers", "4"], "does not split over 4 workers"),
-    (["--recipe", "imagenet-resnet50", "--workers", "2"], "use 8 workers"),
+    (["--recipe", "imagenet-resnet50", "--workers", "8"], "use 4 workers, or pass --perturbation-batch 64"),
+    (["--recipe", "imagenet-vgg16bn", "--workers", "8"], "perturbs on 64 images per rank (batch 256 over 4 ranks)"),
+    (["--augmentation", "rrc+filp"], "no augmentation 'rrc+filp'"),
+    (["--dataset", "digits,imagenet"], "--dataset takes one value per grid"),
     (["--recipe", "nope"], "unknown recipe"),
     (["--variant-options", "eta=0.1"], "option of none of the variants"),
     (["--mix", "official", "--variant", "fgr", "--alpha", "0.5"], "mix='official'"),
 ])
 def test_bad_grids_are_one_line_errors(argv, message):
-    with pytest.raises(UserError, match=message.replace("(", r"\(")):
+    with pytest.raises(UserError, match=re.escape(message)):
         configs(*argv)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--model", "resnet-50"], "--model takes ResNet50, ResNet101"),
+    (["--dataset", "cifar11"], "--dataset takes"),
+])
+def test_unknown_registry_names_are_refused_by_the_parser_in_one_line(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        options.parse_args(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and message in err and err.count("\n") == 1
+
 
 
 @pytest.mark.parametrize("argv", [["--alpha", "x"], ["--seeds", "0.5"], ["--channels-last", "maybe"],
@@ -194,7 +210,7 @@ def test_more_seeds_or_alphas_extend_an_experiment_and_fewer_or_other_ones_are_r
     assert "--seeds ran 0,1; this command drops 1" in options.grid_conflict(before, fewer)
     assert "--epochs ran 15; this command drops 15" in options.grid_conflict(
         before, record("--seeds", "0,1", "--alpha", "0,0.8", "--epochs", "2"))
-    other = record("--recipe", "imagenet-resnet50", "--workers", "8")
+    other = record("--recipe", "imagenet-resnet50", "--workers", "4")
     assert options.grid_conflict(before, other).startswith("--recipe was digits")
 
 
@@ -204,6 +220,23 @@ def test_another_workers_or_dataset_is_refused_with_the_option_named():
     assert workers.startswith("--workers was 2, now 4")
     data = options.grid_conflict(before, record("--seeds", "0", dataset={**DIGITS, "fingerprint": "def"}))
     assert data.startswith("--data holds another")
+
+
+def test_a_record_of_the_earlier_imagenet_recipe_is_refused_with_what_changed():
+    """The earlier recipe ran torchvision's ResNet-50 with RRC on 8 ranks of 64: its experiment cannot be
+    extended by the official network on 4 ranks of 128, and the line says why."""
+    now = record("--recipe", "imagenet-resnet50", "--workers", "4")
+    earlier = {**now, "workers": 8, "axes": {**now["axes"], "model": ["resnet50"], "augmentation": ["rrc+flip"],
+                                             "perturbation_batch": [64]}}
+    del earlier["recipe_values"]  # the earlier version recorded none
+    problem = options.grid_conflict(json.loads(json.dumps(earlier)), now)
+    assert problem.startswith("recipe imagenet-resnet50 differs from what this experiment ran")
+    for change in ("model resnet50 → ResNet50", "perturbation_batch 64 → 128", "augmentation rrc+flip → inception"):
+        assert change in problem
+    recorded = {**now, "recipe_values": {**now["recipe_values"], "epochs": 90}}
+    assert options.grid_conflict(recorded, now).startswith(
+        "recipe imagenet-resnet50 changed since this experiment ran: epochs 90 → 100")
+    assert options.grid_conflict(json.loads(json.dumps(now)), now) is None
 
 
 def test_a_first_release_record_is_read():
@@ -270,12 +303,12 @@ def test_the_estimate_reads_bench_figures_and_says_when_it_has_none(tmp_path, mo
                                                                             ("cpu", "gnp", 500.0)}
     cfgs = configs("--seeds", "0", "--alpha", "0,0.8", "--epochs", "2")
     estimate.print_plan(cfgs, experiment="e", results=str(tmp_path / "results"), train_images=1000,
-                        gpus_per_worker=0)
+                        workers=2, gpus_per_worker=0)
     out = capsys.readouterr().out
     assert "2 trials, 2 to run: 0.00 CPU-worker-h to go" in out and "cpu (step_ratio-cpu-2026-01-01.json)" in out
     monkeypatch.setattr(estimate, "BENCH", tmp_path / "none")
     estimate.print_plan(cfgs, experiment="e", results=str(tmp_path / "results"), train_images=1000,
-                        gpus_per_worker=1)
+                        workers=2, gpus_per_worker=1)
     assert "2 trial(s) without a measurement" in capsys.readouterr().out
 
 

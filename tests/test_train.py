@@ -17,7 +17,7 @@ from torch import nn
 
 from gnp import checkpoint
 from gnp.data import build_loaders
-from gnp.loop import Run, close_distributed, eval_counts, regularizes, step_sums, train
+from gnp.loop import Run, averaged_buffers, close_distributed, eval_counts, regularizes, step_sums, train
 from gnp.models import build_model
 from gnp.recipes import get_recipe
 from gnp.train import main
@@ -92,8 +92,8 @@ def test_resuming_from_a_checkpoint_continues_exactly(digits_root, tmp_path, var
         assert torch.equal(tensor, again["model"][name]), name
 
 
-def with_dropout(name, num_classes):
-    model = build_model(name, num_classes)
+def with_dropout(name, num_classes, image_size):
+    model = build_model(name, num_classes, image_size)
     return nn.Sequential(*model[:-1], nn.Dropout(0.2), model[-1])
 
 
@@ -202,7 +202,8 @@ def ddp_worker(rank, init_file, out, data, queue):
     draw = torch.rand(4).tolist()  # this rank's own stream after the common initialization
     row = run.run_epoch()
     # small messages only: the queue is read after both processes end, and a full pipe would block them
-    queue.put((rank, dict(row=row, weights=weights, draw=draw, buffers=digest(run.model.buffers()))))
+    evaluated = digest(averaged_buffers(run.model, 2).values())
+    queue.put((rank, dict(row=row, weights=weights, draw=draw, own=digest(run.model.buffers()), evaluated=evaluated)))
     dist.barrier()
     del run
     close_distributed()
@@ -221,7 +222,8 @@ def test_two_ddp_workers_evaluate_every_image_once_with_one_model(digits_root, t
     assert rows[0]["workers"] == 2 and rows[0]["test_top1_err"] == rows[1]["test_top1_err"]
     assert got[0]["weights"] == got[1]["weights"]  # the same initial weights on every rank
     assert got[0]["draw"] != got[1]["draw"]  # but each rank its own random stream
-    assert got[0]["buffers"] == got[1]["buffers"]  # evaluated with the same BatchNorm statistics
+    assert got[0]["own"] != got[1]["own"]  # each rank keeps the BatchNorm statistics of its own batches
+    assert got[0]["evaluated"] == got[1]["evaluated"]  # and evaluates with their mean, the same on both
 
 
 @pytest.mark.parametrize(
@@ -236,7 +238,8 @@ def test_two_ddp_workers_evaluate_every_image_once_with_one_model(digits_root, t
         (["--loader-workers", "-2"], "loader_workers must be >= 0"),
         (["--variant", "asam", "--alpha", "1", "--variant-options", "rho=2"], "has no option 'rho'"),
         (["--recipe", "cifar"], "unknown recipe 'cifar'"),
-        (["--model", "resnet7"], "unknown model 'resnet7'"),
+        (["--model", "resnet7"], "model must be one of ResNet50"),
+        (["--augmentation", "rrc+filp"], "dataset 'digits' has no augmentation 'rrc+filp'"),
         (["--variant", "adam"], "unknown variant 'adam'"),
         (["--data", "/no/such/imagenet"], "does not exist"),
         (["--recipe", "imagenet-resnet50"], "needs --data"),
@@ -276,7 +279,7 @@ def test_help_and_errors_from_a_real_process():
     assert help_text.returncode == 0 and "--alpha" in help_text.stdout and "--resume" in help_text.stdout
     recipe = subprocess.run([sys.executable, "-m", "gnp.train", "--recipe", "imagenet-vgg16bn", "--help"],
                             capture_output=True, text=True, env={**os.environ, "COLUMNS": "400"}).stdout
-    assert "[imagenet-vgg16bn: 5.0]" in recipe and "[imagenet-vgg16bn: 32]" in recipe  # clip, per-rank batch
+    assert "[imagenet-vgg16bn: 5.0]" in recipe and "[imagenet-vgg16bn: 64]" in recipe  # clip, per-rank batch
     printed = subprocess.run([sys.executable, "-m", "gnp.train", "--recipe", "imagenet-resnet50", "--print-recipe",
                               "--alpha", "0.2"], capture_output=True, text=True)
     assert json.loads(printed.stdout)["alpha"] == 0.2 and json.loads(printed.stdout)["clip_grad_norm"] == 5.0
