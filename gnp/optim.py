@@ -48,7 +48,7 @@ from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.parallel import DistributedDataParallel
 
-from gnp import variants
+from gnp import passes, variants
 
 # ---- the variants: the perturbation e (tensors like θ) and the mix (a, b) of g = a·g1 + b·g2 ---------------
 
@@ -186,8 +186,8 @@ class GNP(torch.optim.Optimizer):
 
     def _two_pass_step(self, closure):
         rng = self._rng_state()
-        with self._local_gradients(), torch.enable_grad():
-            loss = closure()  # g1 = ∇L(θ), this rank's alone
+        with self._local_gradients(), passes.first_of_two(), torch.enable_grad():
+            loss = closure()  # g1 = ∇L(θ), this rank's alone (shake layers: through their forward gates)
         params, g1, scale = self._gradients()
         if self.sync_perturbation:
             self._all_reduce_mean(g1)
