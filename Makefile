@@ -5,11 +5,12 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-# make imagenet: the paper's grid with DATA=/path/to/imagenet (GPUs); the demo grid on the embedded digits without.
-# GRID="..." replaces the grid's arguments entirely (python -m jobs.grid --help lists them); EXPERIMENT names it
-# (the same name resumes or extends it); DRY_RUN=1 prints the trials and their GPU-hours and starts nothing.
+# make imagenet / make cifar: the paper's grid for RECIPE with DATA=/path/to/the/data (GPUs); the demo grid on
+# the embedded digits without. GRID="..." replaces the grid's arguments entirely (python -m jobs.grid --help
+# lists them); EXPERIMENT names it (the same name resumes or extends it); DRY_RUN=1 prints the trials and their
+# GPU-hours and starts nothing.
 DATA ?=
-RECIPE ?= imagenet-resnet50
+RECIPE ?=
 RESULTS ?= $(CURDIR)/results
 EXPERIMENT ?=
 DRY_RUN ?=
@@ -21,14 +22,30 @@ CLUSTER_PYTHON ?= python
 # two trials at once (half a CPU per worker), so that one trial trains while the next starts its workers.
 DEMO_GRID = --recipe digits --seeds 0,1 --alpha 0,0.8,1 --r 0.05 --workers 2 --cpus-per-worker 0.49 \
 	--experiment $(or $(EXPERIMENT),digits-demo)
-# The paper's ImageNet grid for RECIPE (DATA given): 3 seeds x alpha in {0, 0.2, 0.3, 1}, r = 0.05.
-WORKERS ?= 4
-PAPER_GRID = --recipe $(RECIPE) --data $(DATA) --seeds 0,1,2 --alpha 0,0.2,0.3,1 --r 0.05 \
-	--workers $(WORKERS) --gpus-per-worker 1 --experiment $(or $(EXPERIMENT),$(RECIPE)-paper)
-GRID ?= $(if $(DATA),$(PAPER_GRID),$(DEMO_GRID))
-GRID_ARGS = $(GRID) --results $(RESULTS) $(if $(DRY_RUN),--dry-run)
+# The paper's ImageNet grid for RECIPE (DATA given; default imagenet-resnet50): 3 seeds x alpha in
+# {0, 0.2, 0.3, 1}, r = 0.05, each trial 4 GPUs (the paper's 128 images per GPU).
+IMAGENET_RECIPE = $(or $(RECIPE),imagenet-resnet50)
+PAPER_GRID = --recipe $(IMAGENET_RECIPE) --data $(DATA) --seeds 0,1,2 --alpha 0,0.2,0.3,1 --r 0.05 \
+	--workers 4 --gpus-per-worker 1 --experiment $(or $(EXPERIMENT),$(IMAGENET_RECIPE)-paper)
+IMAGENET_GRID = $(or $(GRID),$(if $(DATA),$(PAPER_GRID),$(DEMO_GRID)))
 
-.PHONY: install test test-oldest test-gpu imagenet train tables lint bench submit clean
+# The CIFAR demo on the embedded digits in CIFAR's format (no DATA): 2 seeds x (standard, GNP, SAM) x the
+# basic and cutout augmentations (Table 1's two columns), 2 CPU workers each, two trials at once.
+CIFAR_DEMO_GRID = --recipe digits-cifar --seeds 0,1 --alpha 0,0.8,1 --r 0.05 --augmentation basic,cutout \
+	--workers 2 --cpus-per-worker 0.49 --experiment $(or $(EXPERIMENT),digits-cifar-demo)
+# The paper's CIFAR grid for RECIPE (DATA given; default cifar10-wrn28-10): 5 seeds (PyramidNet 3) x
+# alpha in {0, 0.8, 1} at the scripts' r = 0.1 x basic and cutout (PyramidNet: its AutoAugment + mixcut),
+# each trial 4 GPUs (64 images per GPU).
+CIFAR_RECIPE = $(or $(RECIPE),cifar10-wrn28-10)
+PYRAMIDNET = $(findstring pyramidnet,$(CIFAR_RECIPE))
+THREE_SEEDS := --seeds 0,1,2
+FIVE_SEEDS := --seeds 0,1,2,3,4 --augmentation basic,cutout
+CIFAR_PAPER_GRID = --recipe $(CIFAR_RECIPE) --data $(DATA) $(if $(PYRAMIDNET),$(THREE_SEEDS),$(FIVE_SEEDS)) \
+	--alpha 0,0.8,1 --r 0.1 --workers 4 --gpus-per-worker 1 --experiment $(or $(EXPERIMENT),$(CIFAR_RECIPE)-paper)
+CIFAR_GRID = $(or $(GRID),$(if $(DATA),$(CIFAR_PAPER_GRID),$(CIFAR_DEMO_GRID)))
+COMMON_ARGS = --results $(RESULTS) $(if $(DRY_RUN),--dry-run)
+
+.PHONY: install test test-oldest test-gpu imagenet cifar train tables lint bench submit clean
 
 install: $(VENV)/.installed
 
@@ -59,12 +76,16 @@ test-gpu:
 	bash bench/gpu.sh $(OUT)
 
 imagenet: $(VENV)/.installed
-	$(PY) -m jobs.grid $(GRID_ARGS)
+	$(PY) -m jobs.grid $(IMAGENET_GRID) $(COMMON_ARGS)
+
+cifar: $(VENV)/.installed
+	$(PY) -m jobs.grid $(CIFAR_GRID) $(COMMON_ARGS)
 
 # The same grid on a running Ray cluster through the Jobs API (RESULTS must then be shared: s3://... or NFS);
 # it waits for the job, prints its log's end and its final status, and fails when the job did.
 submit: $(VENV)/.installed
-	RAY_AUTH_MODE=token $(PY) -m jobs.submit --address $(ADDRESS) --python $(CLUSTER_PYTHON) -- $(GRID_ARGS)
+	RAY_AUTH_MODE=token $(PY) -m jobs.submit --address $(ADDRESS) --python $(CLUSTER_PYTHON) -- $(IMAGENET_GRID) \
+		$(COMMON_ARGS)
 
 train: $(VENV)/.installed
 	$(PY) -m gnp.train $(ARGS)

@@ -71,8 +71,9 @@ class TrainConfig:
     device: str = option("auto", "auto, cpu or cuda", choices=("auto", "cpu", "cuda"), runtime=True)
     loader_workers: int = option(2, "DataLoader processes per rank", runtime=True)
     threads: int = option(0, "torch threads per rank (0: torch's default)", runtime=True)
-    augmentation: str = option("crop", "the dataset's named preset (training; evaluation): " + "; ".join(
-        f"{name}: {text}" for name, text in datasets.FOLDER_AUGMENTATIONS.items()))
+    augmentation: str = option("crop", "the dataset's named preset. Image folders: " + "; ".join(
+        f"{name}: {text}" for name, text in datasets.FOLDER_AUGMENTATIONS.items()) + ". CIFAR: " + "; ".join(
+        f"{name}: {text}" for name, text in datasets.CIFAR_AUGMENTATIONS.items()))
     out: str = option("runs/default", "folder for this run's checkpoint and metrics", runtime=True)
     heartbeat_s: float = option(60.0, "seconds between rank 0's progress lines within an epoch (0: none)",
                                 runtime=True)
@@ -184,7 +185,13 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.mix == "official" and not variant.official_mix:
         raise UserError(f"mix='official' is defined for gnp (and standard), not for {cfg.variant!r}")
     variants.check_options(cfg.variant, cfg.variant_options)
-    datasets.get(cfg.dataset).check_augmentation(cfg.augmentation)
+    spec = datasets.get(cfg.dataset)
+    spec.check_augmentation(cfg.augmentation)
+    if spec.layout == "cifar" and cfg.image_size != 32:
+        raise UserError(f"dataset {cfg.dataset!r} has 32×32 images; use image_size 32, got {cfg.image_size}")
+    if spec.layout == "cifar" and cfg.decode != "loader":
+        raise UserError(f"decode={cfg.decode!r} is for JPEG folders; {cfg.dataset!r} is held as tensors on the "
+                        "training device already")
     for name in ("batch_size", "epochs", "regularize_every", "image_size"):
         if getattr(cfg, name) < 1:
             raise UserError(f"{name} must be >= 1, got {getattr(cfg, name)}")

@@ -16,13 +16,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
-from torchvision import datasets, transforms
+from torchvision import transforms
+from torchvision.datasets import ImageFolder
 
+from gnp import datasets, inception
 from gnp import decode as device_decode
-from gnp import inception
 from gnp.errors import UserError
 
-MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+MEAN, STD = datasets.IMAGENET_MEAN, datasets.IMAGENET_STD  # image folders (the digits too)
 
 
 def build_transforms(image_size: int, augmentation: str):
@@ -69,7 +70,9 @@ def uint8_on(images, device: torch.device) -> torch.Tensor:
 
 
 def to_device(images, device: torch.device, memory_format=torch.contiguous_format) -> torch.Tensor:
-    """A loader batch as the model's inputs on `device`: normalized floats."""
+    """A loader batch as the model's inputs on `device`: normalized floats (a tensor-backed batch already is)."""
+    if isinstance(images, torch.Tensor) and images.is_floating_point():
+        return images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
     return normalize(uint8_on(images, device), memory_format)
 
 
@@ -123,6 +126,35 @@ class ShardSampler(Sampler):
         return len(self.indices)
 
 
+class EpochLoader(DataLoader):
+    """A DataLoader whose epoch (for the shuffle and the augmentation draws) is set like the tensor batches'."""
+
+    def set_epoch(self, epoch: int):
+        self.sampler.set_epoch(epoch)
+
+
+def dataset_loaders(spec: datasets.Dataset, root: Path, *, image_size, augmentation, batch_size, workers, rank,
+                    world, seed, device: torch.device, decode="loader"):
+    """(train, val, classes) of a registry dataset for this rank (`batch_size` per rank): DataLoaders over
+    image folders, or tensors on `device` for CIFAR (gnp.batches)."""
+    if spec.layout == "cifar":
+        from gnp import batches, cifar
+
+        data = cifar.read(root, spec.cifar_format)
+        if len(data["train"][1]) < batch_size * world:
+            raise UserError(f"{root} has {len(data['train'][1])} training images, fewer than one global batch "
+                            f"({batch_size * world}); lower --batch-size")
+        train = batches.TrainBatches(batches.Split(*data["train"], device), batch_size=batch_size, rank=rank,
+                                     world=world, seed=seed, augmentation=augmentation, mean=spec.mean,
+                                     std=spec.std, classes=len(data["classes"]))
+        val = batches.EvalBatches(batches.Split(*data["test"], device), batch_size=batch_size, rank=rank,
+                                  world=world, mean=spec.mean, std=spec.std)
+        return train, val, len(data["classes"])
+    return build_loaders(root, image_size=image_size, augmentation=augmentation, batch_size=batch_size,
+                         workers=workers, rank=rank, world=world, seed=seed, pin_memory=device.type == "cuda",
+                         decode=decode)
+
+
 def build_loaders(root: Path, *, image_size, augmentation, batch_size, workers, rank, world, seed, pin_memory,
                   decode="loader"):
     """Per-worker train and val loaders; `batch_size` is per worker. decode="device": the batches hold the
@@ -133,8 +165,8 @@ def build_loaders(root: Path, *, image_size, augmentation, batch_size, workers, 
     if decode == "device":
         train_tf, val_tf = device_decode.DrawCrop(train_tf), device_decode.CenterCrop(val_tf)
         folders = dict(loader=device_decode.read_encoded)
-    train_set = datasets.ImageFolder(root / "train", train_tf, **folders)
-    val_set = datasets.ImageFolder(root / "val", val_tf, **folders)
+    train_set = ImageFolder(root / "train", train_tf, **folders)
+    val_set = ImageFolder(root / "val", val_tf, **folders)
     if len(train_set) < batch_size * world:
         raise UserError(f"{root / 'train'} has {len(train_set)} images, fewer than one global batch "
                         f"({batch_size * world}); lower --batch-size")
@@ -144,8 +176,8 @@ def build_loaders(root: Path, *, image_size, augmentation, batch_size, workers, 
     common = dict(num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0,
                   prefetch_factor=4 if workers > 0 else None,
                   collate_fn=device_decode.collate if decode == "device" else None)
-    train = DataLoader(SeededSamples(train_set, seed), batch_size, sampler=sampler, drop_last=True,
-                       generator=torch.Generator().manual_seed(seed), **common)
+    train = EpochLoader(SeededSamples(train_set, seed), batch_size, sampler=sampler, drop_last=True,
+                        generator=torch.Generator().manual_seed(seed), **common)
     val = DataLoader(val_set, batch_size, sampler=ShardSampler(len(val_set), rank, world),
                      generator=torch.Generator().manual_seed(seed), **common)
     return train, val, len(train_set.classes)

@@ -21,12 +21,8 @@ def cache_dir() -> Path:
     return Path(os.environ.get("GNP_CACHE", Path.home() / ".cache" / "gnp-ray"))
 
 
-def ensure_digits(root: Path | None = None) -> Path:
-    """Write the digits as 32×32 JPEGs once (atomically: a temp folder renamed into place)."""
-    root = root or cache_dir() / DIGITS_VERSION
-    if (root / "train").is_dir() and (root / "val").is_dir():
-        return root
-    from PIL import Image
+def digits_split():
+    """scikit-learn's digits as uint8 8×8 images, their labels, and the fixed stratified split (80/20)."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -35,11 +31,22 @@ def ensure_digits(root: Path | None = None) -> Path:
     train_idx, val_idx = train_test_split(
         range(len(images)), test_size=0.2, stratify=digits.target, random_state=0
     )
+    return images, digits.target, train_idx, val_idx
+
+
+def ensure_digits(root: Path | None = None) -> Path:
+    """Write the digits as 32×32 JPEGs once (atomically: a temp folder renamed into place)."""
+    root = root or cache_dir() / DIGITS_VERSION
+    if (root / "train").is_dir() and (root / "val").is_dir():
+        return root
+    from PIL import Image
+
+    images, targets, train_idx, val_idx = digits_split()
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".digits-", dir=root.parent))
     for split, indices in (("train", train_idx), ("val", val_idx)):
         for i in indices:
-            folder = tmp / split / f"digit_{digits.target[i]}"
+            folder = tmp / split / f"digit_{targets[i]}"
             folder.mkdir(parents=True, exist_ok=True)
             image = Image.fromarray(images[i], mode="L").resize((32, 32), Image.BICUBIC)
             image.save(folder / f"{split}_{i:04d}.JPEG", quality=95)

@@ -14,6 +14,7 @@ epoch's sums stay on the device and are read once per epoch (and a one-scalar Na
 import contextlib
 import dataclasses
 import gc
+import inspect
 import math
 import os
 import random
@@ -31,7 +32,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from gnp import checkpoint, datasets
 from gnp.config import TrainConfig, ranks_for
-from gnp.data import build_loaders, derived_seed, to_device
+from gnp.data import dataset_loaders, derived_seed, to_device
 from gnp.errors import UserError
 from gnp.models import build_model
 from gnp.optim import GNP
@@ -126,10 +127,12 @@ def prepare_output(out: str) -> Path:
 
 
 def step_sums(loss, logits, targets, grad_norm, skipped) -> torch.Tensor:
-    """[loss·n, wrong, ‖∇L‖ (0 if not finite), 1 if that norm is finite, 1 if skipped] of one step."""
+    """[loss·n, wrong, ‖∇L‖ (0 if not finite), 1 if that norm is finite, 1 if skipped] of one step. Soft
+    (mixed) targets count as their largest label."""
     finite = torch.isfinite(grad_norm)
+    labels = targets if targets.dim() == 1 else targets.argmax(1)
     return torch.stack([
-        loss.detach().double() * targets.numel(), (logits.argmax(1) != targets).sum().double(),
+        loss.detach().double() * len(labels), (logits.argmax(1) != labels).sum().double(),
         torch.where(finite, grad_norm, 0).double(), finite.double(),
         skipped.double() if skipped is not None else torch.zeros_like(grad_norm, dtype=torch.float64),
     ])
@@ -147,7 +150,8 @@ class Run:
     def __init__(self, cfg: TrainConfig, device: torch.device | None = None):
         self.cfg = cfg
         self.rank, self.world, local_rank = distributed_context()
-        root = datasets.get(cfg.dataset).root(cfg.data, cfg.recipe)
+        spec = datasets.get(cfg.dataset)
+        root = spec.root(cfg.data, cfg.recipe)
         ranks_for(cfg, self.world)
         self.device = device or resolve_device(cfg, local_rank)
         if cfg.threads:
@@ -157,13 +161,13 @@ class Run:
             torch.cuda.set_device(self.device)
         torch.backends.cudnn.benchmark = cuda
         seed_everything(cfg.seed)  # the same initial weights on every rank
-        self.train_loader, self.val_loader, num_classes = build_loaders(
-            root, image_size=cfg.image_size, augmentation=cfg.augmentation,
+        self.train_loader, self.val_loader, self.num_classes = dataset_loaders(
+            spec, root, image_size=cfg.image_size, augmentation=cfg.augmentation,
             batch_size=cfg.batch_size // self.world, workers=cfg.loader_workers, rank=self.rank,
-            world=self.world, seed=cfg.seed, pin_memory=cuda, decode=cfg.decode,
+            world=self.world, seed=cfg.seed, device=self.device, decode=cfg.decode,
         )
         self.memory_format = torch.channels_last if cfg.channels_last and cuda else torch.contiguous_format
-        self.model = build_model(cfg.model, num_classes, cfg.image_size).to(self.device, memory_format=self.memory_format)
+        self.model = build_model(cfg.model, self.num_classes, cfg.image_size).to(self.device, memory_format=self.memory_format)
         torch.manual_seed(rank_seed(cfg.seed, self.rank))
         forward = torch.compile(self.model) if cfg.compile else self.model
         self.ddp = forward
@@ -201,7 +205,7 @@ class Run:
         """Returns the epoch's sums over all ranks (see `step_sums`, then images, steps and two-pass steps)
         and its seconds."""
         self.ddp.train()
-        self.train_loader.sampler.set_epoch(self.epoch)
+        self.train_loader.set_epoch(self.epoch)
         sums = torch.zeros(5, dtype=torch.float64, device=self.device)
         seen = steps = regularized = 0
         total = self.cfg.epochs * self.steps_per_epoch
@@ -255,7 +259,7 @@ class Run:
         self.model.eval()  # the plain module: no DDP collectives, ranks may hold different counts
         hits = torch.zeros(2, dtype=torch.float64, device=self.device)
         seen = 0
-        k = min(5, len(self.val_loader.dataset.classes))
+        k = min(5, self.num_classes)
         with swapped_buffers(self.model, averaged_buffers(self.model, self.world)):
             for images, targets in self.val_loader:
                 images = to_device(images, self.device, self.memory_format)
@@ -327,8 +331,10 @@ def data_parallel(module: torch.nn.Module, device: torch.device) -> DistributedD
     """DDP that leaves each rank its own BatchNorm running statistics, as each device keeps its own in the
     official code (DDP's default broadcasts rank 0's to every rank at each forward); they are averaged to
     evaluate and to checkpoint (`averaged_buffers`)."""
-    return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None,
-                                   broadcast_buffers=False)
+    # torch >= 2.14 names it forward_sync_buffers (and deprecates broadcast_buffers); 2.11 has only the old name
+    own = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DistributedDataParallel)
+           .parameters else {"broadcast_buffers": False})
+    return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None, **own)
 
 
 def floating_buffers(model: torch.nn.Module) -> dict[str, torch.Tensor]:

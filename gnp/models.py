@@ -39,6 +39,16 @@ def _official_vgg16(batch_norm):
     return build
 
 
+def _cifar(module, function, *args):
+    """A CIFAR network of gnp.nets, built for 32×32 inputs."""
+    def build(num_classes, image_size):
+        import importlib
+
+        return getattr(importlib.import_module(f"gnp.nets.{module}"), function)(*args, num_classes)
+
+    return build
+
+
 def _torchvision(name):
     def build(num_classes, image_size):
         import torchvision
@@ -70,6 +80,12 @@ REGISTRY: dict[str, Model] = {
         Model("VGG16", "VGG16, the official code's (flattened features → 4096 → 4096, dropout 0.5)",
               _official_vgg16(False), "official"),
         Model("VGG16BN", "VGG16 with BatchNorm, the official code's", _official_vgg16(True), "official"),
+        Model("WideResNet_28_10", "WRN-28-10 for CIFAR, the official code's (the SAM repo's pre-activation "
+              "variant: average-pool and zero-padding shortcuts, no dropout)", _cifar("wrn", "wrn28_10"), "official"),
+        Model("WideResNet_2_96_ShakeShake", "WRN-26 Shake-Shake 2×96d for CIFAR, the official code's",
+              _cifar("shakeshake", "wrn26_shakeshake_2x96d"), "official"),
+        Model("PyramidNet_272_200_ShakeDrop", "PyramidNet-272 (α = 200, bottleneck) with ShakeDrop for CIFAR, the "
+              "official code's", _cifar("pyramidnet", "pyramidnet_shakedrop", 272, 200), "official"),
         Model("resnet18", "torchvision's ResNet-18", _torchvision("resnet18"), "torchvision"),
         Model("resnet50", "torchvision's ResNet-50 (stem conv → BN → ReLU → max-pool, its default init)",
               _torchvision("resnet50"), "torchvision"),

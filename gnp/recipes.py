@@ -13,6 +13,15 @@ says 0.8). Deliberately unlike the official code: on CUDA they run bf16 autocast
 (`amp=auto`; the official code computes in float32), on a CPU fp32; they evaluate all 50,000 validation
 images exactly once (the official code scores a random 49,664 each epoch); top-5 is always computed. `digits` is the embedded default: scikit-learn's 8×8 digits as JPEGs in
 the ImageNet layout, small enough to train on two CPU cores in about a minute.
+
+The CIFAR recipes (`cifar10-<model>`, `cifar100-<model>`; Table 1) are the official scripts'
+(recipes/wideresnet-cifar.sh, wideresnet-ss-cifar.sh, pyramidnet-sd-cifar.sh) over its base config (which
+is all VGG16 and VGG16-BN have): global batch 256 at lr 0.1, L2 1e-3, 200 epochs (Shake-Shake 1800), SGD
+Nesterov 0.9, cosine per step, no warm-up, clip 5.0, r = 0.1, α = 0.8, augmentation `basic` (Table 1's
+other column: `--augmentation cutout`); PyramidNet-272 ShakeDrop: batch 128 at lr 0.05, L2 5e-4, 1800
+epochs, AutoAugment + mixup + cutout. 64 images per GPU (PyramidNet 32): the paper's 4 GPUs. The data are
+tensors on the training device (gnp.batches), so no loader processes. `digits-cifar` is their embedded
+default: the digits in CIFAR-10's format through the same reader and augmentations.
 """
 
 from gnp.config import TrainConfig, validate
@@ -24,14 +33,32 @@ _IMAGENET = dict(
     perturbation_batch=128, amp="auto", channels_last=True,
 )
 
+_CIFAR = dict(
+    image_size=32, epochs=200, lr=0.1, batch_size=256, weight_decay=1e-3, r=0.1, alpha=0.8, loader_workers=0,
+    augmentation="basic", clip_grad_norm=5.0, perturbation_batch=64, amp="auto", channels_last=True,
+)
+_CIFAR_MODELS = {  # recipe name part: (model, changes from _CIFAR)
+    "vgg16": ("VGG16", {}),
+    "vgg16bn": ("VGG16BN", {}),
+    "wrn28-10": ("WideResNet_28_10", {}),
+    "wrn26-ss": ("WideResNet_2_96_ShakeShake", {"epochs": 1800}),
+    "pyramidnet272": ("PyramidNet_272_200_ShakeDrop", {"epochs": 1800, "batch_size": 128, "lr": 0.05,
+                                                       "weight_decay": 5e-4, "perturbation_batch": 32,
+                                                       "augmentation": "autoaugment+mixcut"}),
+}
+
 RECIPES: dict[str, TrainConfig] = {
     "digits": TrainConfig(recipe="digits", augmentation="crop", lr=0.1),
+    "digits-cifar": TrainConfig(recipe="digits-cifar", dataset="digits-cifar", augmentation="basic", lr=0.1),
     "imagenet-resnet50": TrainConfig(recipe="imagenet-resnet50", model="ResNet50", **_IMAGENET),
     "imagenet-resnet101": TrainConfig(recipe="imagenet-resnet101", model="ResNet101", **_IMAGENET),
     "imagenet-vgg16bn": TrainConfig(
         recipe="imagenet-vgg16bn", model="VGG16BN",
         **{**_IMAGENET, "batch_size": 256, "lr": 0.1, "perturbation_batch": 64},
     ),
+    **{f"{dataset}-{name}": TrainConfig(recipe=f"{dataset}-{name}", dataset=dataset, model=model,
+                                        **{**_CIFAR, **changes})
+       for dataset in ("cifar10", "cifar100") for name, (model, changes) in _CIFAR_MODELS.items()},
 }
 
 
