@@ -77,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SIDE",
         help=f"schemes table: add each row's top-1 difference from SIDE with its 95%% interval ({SPEC_HELP})",
     )
+    table.add_argument(
+        "--paper",
+        action="store_true",
+        help="schemes and datasets tables: the paper's published errors beside ours (Tables 1 and 4)",
+    )
     comparison = sub.add_parser(
         "compare",
         parents=[_common("final")],
@@ -111,7 +116,9 @@ def main(argv=None) -> int:
         df = _load(args)
         if args.command == "table":
             print(
-                format_table(df, fmt=args.format, pick=args.pick, kind=args.kind, versus=args.versus), end=""
+                format_table(df, fmt=args.format, pick=args.pick, kind=args.kind, versus=args.versus,
+                             paper=args.paper),
+                end="",
             )
         elif args.command == "compare":
             print(format_comparison(_comparisons(df, args), fmt=args.format), end="")

@@ -19,7 +19,15 @@ import pandas as pd
 from scipy import stats
 
 from analysis.errors import AnalysisError
-from analysis.summary import BLOCK, METRICS, choose, scheme_rank, summarize_trials, trial_scores, with_schemes
+from analysis.summary import (
+    METRICS,
+    block_of,
+    choose,
+    scheme_rank,
+    summarize_trials,
+    trial_scores,
+    with_schemes,
+)
 from gnp import variants
 
 CONFIDENCE = 0.95
@@ -135,26 +143,27 @@ def compare_cells(trials: pd.DataFrame, cells: pd.DataFrame, a: Side, b: Side, c
     if column not in METRICS:
         raise AnalysisError(f"metric column must be one of {', '.join(METRICS)}, got {column!r}")
     ok = trials[trials["status"] == "ok"]
-    rows = []
-    for block, group in cells.groupby(BLOCK, sort=True):
+    rows, columns = [], block_of(cells)
+    for block, group in cells.groupby(columns, sort=True):
         matches = [group[side.matches(group)] for side in (a, b)]
         if not (len(matches[0]) and len(matches[1])):
             continue
-        picked = [choose(match, BLOCK).iloc[0] for match in matches]
+        picked = [choose(match, columns).iloc[0] for match in matches]
         if all(picked[0][k] == picked[1][k] for k in ("variant", "alpha", "r")):
             raise AnalysisError(
                 f"{a} and {b} are the same cell in {'/'.join(block)}; name two different ones"
             )
         rows.append(
             {
-                **dict(zip(BLOCK, block, strict=True)),
+                **dict(zip(columns, block, strict=True)),
                 "a": str(a),
                 "b": str(b),
                 **{f"{s}_{k}": picked[i][k] for i, s in enumerate("ab") for k in ("variant", "alpha", "r")},
                 "a_cells": len(matches[0]),  # more than 1: the cell was chosen on these results
                 "b_cells": len(matches[1]),
                 "metric": column,
-                **difference(*(_seed_values(ok, cell, column) for cell in picked), names=(str(a), str(b))),
+                **difference(*(_seed_values(ok, cell, column, columns) for cell in picked),
+                             names=(str(a), str(b))),
             }
         )
     if not rows:
@@ -162,10 +171,10 @@ def compare_cells(trials: pd.DataFrame, cells: pd.DataFrame, a: Side, b: Side, c
     return pd.DataFrame(rows)
 
 
-def _seed_values(ok: pd.DataFrame, cell: pd.Series, column: str) -> pd.Series:
+def _seed_values(ok: pd.DataFrame, cell: pd.Series, column: str, block: list[str]) -> pd.Series:
     """The cell's ok trials' values, indexed by seed."""
     keep = np.ones(len(ok), dtype=bool)
-    for key in (*BLOCK, "variant", "alpha", "r"):
+    for key in (*block, "variant", "alpha", "r"):
         keep &= (ok[key] == cell[key]).to_numpy()
     return ok.loc[keep].set_index("seed")[column].dropna()
 

@@ -27,7 +27,7 @@ from analysis.style import (
     legend,
     new_figure,
 )
-from analysis.summary import BLOCK, scheme_rank, summarize, trial_scores
+from analysis.summary import BLOCK, block_of, option_text, scheme_rank, summarize, trial_scores
 from gnp import variants
 
 FAMILY = tuple(name for name, v in variants.REGISTRY.items() if v.in_alpha_figure)
@@ -41,22 +41,24 @@ def make_figures(df: pd.DataFrame, out, pick: str = "best") -> list[Path]:
     summary = summary[summary["variant"].isin(FAMILY)]
     trials = trial_scores(df, pick)
     ok = set(trials.loc[trials["status"] == "ok", "trial_key"])
-    rows = dict(list(df[df["trial_key"].isin(ok) & df["variant"].isin(FAMILY)].groupby(BLOCK)))
+    block = block_of(trials)
+    keyed = df.assign(**{name: df[name].map(option_text) for name in block[len(BLOCK):]})
+    rows = dict(list(keyed[keyed["trial_key"].isin(ok) & keyed["variant"].isin(FAMILY)].groupby(block)))
     if not (summary["n"] > 0).any():
         shown = ", ".join(FAMILY)
         raise AnalysisError(f"no ok trials of {shown} to plot; check the table's diverged/failed counts")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for block, cells in summary.groupby(BLOCK):
-        if block not in rows:
+    for values, cells in summary.groupby(block):
+        if values not in rows:
             continue
-        title = block_title(block, pick, cells.loc[cells["n"] > 0, "n"])
-        slug = re.sub(r"[^A-Za-z0-9.+-]+", "_", "-".join(dict.fromkeys(map(str, block))))
+        title = block_title(values, pick, cells.loc[cells["n"] > 0, "n"], block)
+        slug = re.sub(r"[^A-Za-z0-9.+-]+", "_", "-".join(dict.fromkeys(map(str, values))))
         drawn = [
             ("alpha", alpha_figure(cells[cells["n"] > 0], title, pick)),
             ("heatmap", heatmap_figure(cells, title)),
-            ("epochs", epoch_figure(rows[block], title)),
+            ("epochs", epoch_figure(rows[values], title)),
         ]
         for name, figure in drawn:
             if figure is None:

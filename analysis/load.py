@@ -7,6 +7,7 @@ folder or file name starts with "_" or "." are not trial files (the grid's `_ray
 (analysis.schema.OPTIONAL) loads with nulls in it; any other difference from the schema is a bad file.
 """
 
+import json
 import warnings
 from pathlib import Path
 
@@ -57,7 +58,24 @@ def load_results(path, on_bad: str = "error") -> pd.DataFrame:
         raise AnalysisError(
             f"all {len(files)} trial files under {path} were bad and skipped; nothing to analyse"
         )
-    return pa.concat_tables(tables).to_pandas()
+    return with_options(pa.concat_tables(tables).to_pandas())
+
+
+def with_options(df: pd.DataFrame) -> pd.DataFrame:
+    """A column for each configuration field (the `config` JSON) whose value varies among the rows and has
+    no column of its own, named as the field (mix, clip_grad_norm, ...); dict values as JSON text. Rows of
+    files written before `config` existed hold nulls there."""
+    parsed = {text: json.loads(text) for text in df["config"].dropna().unique()}
+    fields = dict.fromkeys(name for config in parsed.values() for name in config)
+    for name in fields:
+        values = {text: _cell_value(config.get(name)) for text, config in parsed.items()}
+        if name not in df.columns and len(set(map(repr, values.values()))) > 1:
+            df[name] = df["config"].map(values)
+    return df
+
+
+def _cell_value(value):
+    return json.dumps(value, sort_keys=True) if isinstance(value, dict) else value
 
 
 def _resolve(text: str) -> tuple[pafs.FileSystem, str]:

@@ -51,10 +51,13 @@ RESULT_SCHEMA = pa.schema(
         # its gaps (starts, restarts, checkpoints) included
         pa.field("started_at", pa.float64()),
         pa.field("ended_at", pa.float64()),
+        # every field of the trial's configuration that changes what it computes (gnp.config.maths_fields), as
+        # JSON; analysis.load_results adds a column for each field that varies among the rows it loads
+        pa.field("config", pa.string()),
     ]
 )
 
 OPTIONAL = ("trial_wall_s", "val_images", "skipped_steps", "regularized_steps", "dataset_id", "started_at",
-            "ended_at")
+            "ended_at", "config")
 
 STATUSES = ("ok", "diverged", "failed")

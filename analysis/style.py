@@ -45,13 +45,15 @@ def new_figure(panels: int, width: float = 5.5, height: float = 4.2) -> tuple[Fi
     return figure, list(axes)
 
 
-def block_title(block: tuple, pick: str, seeds: pd.Series) -> str:
-    """'model on data (augmentation), recipe R · best epoch per trial · n = 3 seeds'."""
-    recipe, model, dataset, augmentation = block
+def block_title(block: tuple, pick: str, seeds: pd.Series, names: list[str]) -> str:
+    """'model on data (augmentation), recipe R[, option = value ...] · best epoch per trial · n = 3 seeds'
+    (`names`: the block's columns, the options that vary after the first four)."""
+    recipe, model, dataset, augmentation, *options = block
     at = "best epoch (lowest top-1) per trial" if pick == "best" else "final epoch per trial"
     low, high = int(seeds.min()), int(seeds.max())
     n = f"n = {low} seed{'s' * (high != 1)}" if low == high else f"n = {low}–{high} seeds per point"
-    return f"{model} on {dataset} ({augmentation}), recipe {recipe} · {at} · {n}"
+    given = "".join(f", {name} = {value}" for name, value in zip(names[4:], options, strict=True))
+    return f"{model} on {dataset} ({augmentation}), recipe {recipe}{given} · {at} · {n}"
 
 
 def integer_ticks(ax) -> None:

@@ -12,11 +12,33 @@ import pandas as pd
 from analysis.errors import AnalysisError
 from analysis.schema import STATUSES
 from gnp import variants
+from gnp.config import FIELDS, RUNTIME
+from gnp.config import value_text as option_text
 
 PICKS = ("best", "final")
 METRICS = ("test_top1_err", "test_top5_err")
 BLOCK = ["recipe", "model", "dataset", "augmentation"]  # one model's rows in the paper's tables
-CELL = [*BLOCK, "variant", "alpha", "r"]  # one configuration; its trials differ only by seed
+CORE = ("variant", "alpha", "r")  # within a block, what tells the cells apart
+
+
+def option_columns(frame: pd.DataFrame) -> list[str]:
+    """The configuration fields beyond the block, variant, α and r that vary in `frame` (load_results adds
+    a column for each from the rows' `config`; epochs has its own): like another model, each of their
+    values makes a block of its own in every table, comparison and figure."""
+    fixed = {*BLOCK, *CORE, *RUNTIME}
+    return [name for name in FIELDS if name not in fixed and name in frame.columns
+            and frame[name].map(option_text).nunique() > 1]
+
+
+def block_of(frame: pd.DataFrame) -> list[str]:
+    """The block columns of a frame trial_scores made (or one derived from it): the model's, and the options
+    that vary, which trial_scores carries as text."""
+    return [*BLOCK, *(name for name in FIELDS if name in frame.columns and name not in {*BLOCK, *CORE, *RUNTIME})]
+
+
+def cell_of(frame: pd.DataFrame) -> list[str]:
+    """One configuration: its block, variant, α and r; its trials differ only by seed."""
+    return [*block_of(frame), *CORE]
 SCHEMES = tuple(dict.fromkeys(v.label for v in variants.REGISTRY.values()))  # the tables' scheme order
 
 
@@ -41,8 +63,11 @@ def trial_scores(df: pd.DataFrame, pick: str = "best") -> pd.DataFrame:
         scored = df.sort_values(["trial_key", "epoch"]).drop_duplicates("trial_key", keep="last")
     scores = scored.set_index("trial_key")[["epoch", *METRICS]].rename(columns={"epoch": "scored_epoch"})
     trial_wall = df["trial_wall_s"] if "trial_wall_s" in df else pd.Series(float("nan"), index=df.index)
+    options = option_columns(df)
     return (
-        by[["experiment", "config_key", *CELL, "seed", "seeds_planned", "workers"]]
+        df.assign(**{name: df[name].map(option_text) for name in options})
+        .groupby("trial_key")[["experiment", "config_key", *BLOCK, *options, *CORE, "seed", "seeds_planned",
+                               "workers"]]
         .first()
         .assign(status=status.groupby(df["trial_key"], observed=True).max().astype(str))
         .join(scores)
@@ -85,10 +110,11 @@ def summarize(df: pd.DataFrame, pick: str = "best") -> pd.DataFrame:
 
 def summarize_trials(trials: pd.DataFrame) -> pd.DataFrame:
     """summarize() from trial_scores() already computed."""
-    _check_one_config_per_cell(trials)
+    cell = cell_of(trials)
+    _check_one_config_per_cell(trials, cell)
     ok = (
         trials[trials["status"] == "ok"]
-        .groupby(CELL)
+        .groupby(cell)
         .agg(
             test_top1_err_mean=("test_top1_err", "mean"),
             test_top1_err_std=("test_top1_err", "std"),
@@ -98,7 +124,7 @@ def summarize_trials(trials: pd.DataFrame) -> pd.DataFrame:
             images_per_s=("images_per_s", "mean"),
         )
     )
-    cells = trials.groupby(CELL)
+    cells = trials.groupby(cell)
     counts = (
         cells["status"].value_counts().unstack(fill_value=0).reindex(columns=list(STATUSES), fill_value=0)
     )
@@ -117,19 +143,23 @@ def summarize_trials(trials: pd.DataFrame) -> pd.DataFrame:
         "device_hours",
         "images_per_s",
     ]
-    return summary[order].reset_index().sort_values([*BLOCK, "alpha", "r", "variant"], ignore_index=True)
+    return summary[order].reset_index().sort_values([*block_of(trials), "alpha", "r", "variant"], ignore_index=True)
 
 
-def _check_one_config_per_cell(trials: pd.DataFrame) -> None:
-    """Two configurations in one cell (say, two experiments with other epochs) must not be averaged."""
-    configs = trials.groupby(CELL)["config_key"].nunique()
+def _check_one_config_per_cell(trials: pd.DataFrame, cell: list[str]) -> None:
+    """Two configurations in one cell must not be averaged. Within an experiment the rows' `config` tells
+    every option apart (a column each); rows written before it existed, or two experiments pooled, can
+    still hold two."""
+    configs = trials.groupby(cell)["config_key"].nunique()
     if (configs > 1).any():
-        cell = configs[configs > 1].index[0]
-        experiments = sorted(trials.groupby(CELL).get_group(cell)["experiment"].unique())
+        where = configs[configs > 1].index[0]
+        named = dict(zip(cell, where, strict=True))
+        experiments = sorted(trials.loc[(trials[cell] == pd.Series(named)).all(axis=1), "experiment"].unique())
         raise AnalysisError(
-            f"{'/'.join(map(str, cell[:4]))} {cell[4]} alpha={cell[5]:g} r={cell[6]:g} holds "
-            f"{configs[cell]} different configurations (experiments: {', '.join(experiments)}); "
-            "point at one experiment's folder, results/<experiment>"
+            f"{'/'.join(str(named[k]) for k in BLOCK)} {named['variant']} alpha={named['alpha']:g} "
+            f"r={named['r']:g} holds {configs[where]} different configurations whose rows do not say how they "
+            f"differ (experiments: {', '.join(experiments)}); point at one experiment's folder, "
+            "results/<experiment>, written by this version"
         )
 
 
@@ -163,12 +193,13 @@ def select_schemes(summary: pd.DataFrame) -> pd.DataFrame:
     chooses; a scheme none of whose cells has an ok seed keeps a row with no α, r or error and the
     diverged and failed counts of all its cells."""
     cells = with_schemes(summary)
-    key = [*BLOCK, "scheme"]
+    block = block_of(summary)
+    key = [*block, "scheme"]
     best = choose(cells, key).set_index(key)
     none_ok = best.index[best["n"] == 0]
     best.loc[none_ok, ["alpha", "r"]] = float("nan")
     best.loc[none_ok, ["diverged", "failed"]] = cells.groupby(key)[["diverged", "failed"]].sum().loc[none_ok]
     best = best.reset_index()
-    columns = [*BLOCK, "scheme", "variant", "alpha", "r", *summary.columns.drop(CELL)]
-    best = best.assign(rank=best["scheme"].map(scheme_rank)).sort_values([*BLOCK, "rank"])
+    columns = [*block, "scheme", *CORE, *summary.columns.drop(cell_of(summary))]
+    best = best.assign(rank=best["scheme"].map(scheme_rank)).sort_values([*block, "rank"])
     return best[columns].reset_index(drop=True)

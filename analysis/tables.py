@@ -11,9 +11,11 @@ import pandas as pd
 
 from analysis import comparison
 from analysis.errors import AnalysisError
+from analysis.paper import SOURCE, paper_errors
 from analysis.render import DASH, Table, duration, mean_std, number, render
 from analysis.summary import (
     BLOCK,
+    block_of,
     grid_cost,
     scheme_rank,
     select_schemes,
@@ -27,12 +29,13 @@ KINDS = ("schemes", "datasets", "cells", "trials")
 
 
 def format_table(
-    df: pd.DataFrame, fmt: str = "md", pick: str = "best", kind: str = "schemes", versus=None
+    df: pd.DataFrame, fmt: str = "md", pick: str = "best", kind: str = "schemes", versus=None, paper=False
 ) -> str:
     """The table of the loaded result rows `df` (see load_results) as text in `fmt` (md, latex or csv).
 
     `versus` (schemes table only) adds each row's top-1 difference from that side (a scheme such as
     "Standard", or any spec analysis.compare takes) with its 95% interval, marked ‡ where it excludes 0.
+    `paper` (schemes and datasets tables) puts the paper's published errors beside ours (analysis.paper).
     """
     if fmt not in FORMATS:
         raise AnalysisError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
@@ -40,14 +43,18 @@ def format_table(
         raise AnalysisError(f"table kind must be one of {', '.join(KINDS)}, got {kind!r}")
     if versus is not None and kind != "schemes":
         raise AnalysisError(f"versus is a column of the schemes table, not of --kind {kind}")
+    if paper and kind not in ("schemes", "datasets"):
+        raise AnalysisError(f"the paper's numbers go beside the schemes and datasets tables, not --kind {kind}")
     trials = trial_scores(df, pick)
     summary = summarize_trials(trials)
     if kind == "trials":
-        frame = trials.sort_values([*BLOCK, "alpha", "r", "variant", "seed"], ignore_index=True)
+        frame = trials.sort_values([*block_of(trials), "alpha", "r", "variant", "seed"], ignore_index=True)
     else:
         frame = summary if kind == "cells" else select_schemes(summary)
     if versus is not None:
         frame = _with_versus(frame, trials, summary, versus)
+    if paper:
+        frame = _with_paper(frame)
     if fmt == "csv":
         return frame.to_csv(index=False)
     layout = {
@@ -59,8 +66,14 @@ def format_table(
     table = layout[kind](frame)
     if versus is not None:
         _add_versus_column(table, frame)
+    if paper and kind == "schemes":
+        _add_paper_column(table, frame)
     flagged = any("†" in text for row in table.rows for text in row)
     table.notes = _notes(summary, trials, pick, kind, flagged, versus is not None)
+    if paper:
+        table.notes.append(f"Paper: the errors {SOURCE} report for the same network, data and scheme (Table 4: "
+                           "ImageNet, 3 seeds; Table 1: CIFAR, 5 seeds, means); a dash where it reports none or its "
+                           "row is not transcribed (analysis/paper.py).")
     return render(table, fmt)
 
 
@@ -76,10 +89,13 @@ def _cell_table(frame: pd.DataFrame) -> Table:
 
 
 def _per_cell_table(frame: pd.DataFrame, label: str, names: pd.Series) -> Table:
-    """One row per selected scheme or grid cell, model and data written once per block."""
+    """One row per selected scheme or grid cell, model and data written once per block, a column for each
+    option that varies."""
+    block, options = block_of(frame), block_of(frame)[len(BLOCK):]
     header = [
         "Model",
         "Data",
+        *options,
         label,
         "α",
         "r",
@@ -91,14 +107,15 @@ def _per_cell_table(frame: pd.DataFrame, label: str, names: pd.Series) -> Table:
         "Device-h/trial",
         "img/s",
     ]
-    table = Table(header=header, align="lllrrrrrrrrr")
-    bold1, bold5 = (_best_in_block(frame, f"{m}_mean", BLOCK) for m in ("test_top1_err", "test_top5_err"))
+    table = Table(header=header, align="ll" + "l" * len(options) + "lrrrrrrrrr")
+    bold1, bold5 = (_best_in_block(frame, f"{m}_mean", block) for m in ("test_top1_err", "test_top5_err"))
     previous = None
     for i, row in enumerate(frame.itertuples(index=False)):
-        block = tuple(getattr(row, name) for name in BLOCK)
+        values = tuple(getattr(row, name) for name in block)
         table.add(
             [
-                *_block_cells(row, block != previous),
+                *_block_cells(row, values[:len(BLOCK)] != (previous or ())[:len(BLOCK)]),
+                *_option_cells(values[len(BLOCK):], values != previous),
                 names.iloc[i],
                 number(row.alpha, "g"),
                 number(row.r, "g"),
@@ -110,24 +127,30 @@ def _per_cell_table(frame: pd.DataFrame, label: str, names: pd.Series) -> Table:
                 number(row.device_hours, ".3g"),
                 number(row.images_per_s, ".0f"),
             ],
-            [False] * 5 + [bold1.iloc[i], bold5.iloc[i]] + [False] * 5,
-            new_block=block != previous,
+            [False] * (5 + len(options)) + [bold1.iloc[i], bold5.iloc[i]] + [False] * 5,
+            new_block=values != previous,
         )
-        previous = block
+        previous = values
     return table
+
+
+def _option_cells(values: tuple, first: bool) -> list[str]:
+    return list(values) if first else [""] * len(values)
 
 
 def _trial_table(frame: pd.DataFrame) -> Table:
     """One row per trial (seed): the per-seed numbers behind every mean."""
-    header = ["Model", "Data", "Variant", "α", "r", "Seed", "Status", "Epoch", "Top-1 err (%)",
+    block, options = block_of(frame), block_of(frame)[len(BLOCK):]
+    header = ["Model", "Data", *options, "Variant", "α", "r", "Seed", "Status", "Epoch", "Top-1 err (%)",
               "Top-5 err (%)", "Device-h"]  # fmt: skip
-    table = Table(header=header, align="lllrrrlrrrr")
+    table = Table(header=header, align="ll" + "l" * len(options) + "lrrrlrrrr")
     previous = None
     for row in frame.itertuples(index=False):
-        block = tuple(getattr(row, name) for name in BLOCK)
+        values = tuple(getattr(row, name) for name in block)
         table.add(
             [
-                *_block_cells(row, block != previous),
+                *_block_cells(row, values[:len(BLOCK)] != (previous or ())[:len(BLOCK)]),
+                *_option_cells(values[len(BLOCK):], values != previous),
                 row.variant,
                 number(row.alpha, "g"),
                 number(row.r, "g"),
@@ -138,9 +161,9 @@ def _trial_table(frame: pd.DataFrame) -> Table:
                 number(row.test_top5_err, ".2f"),
                 number(row.device_hours, ".3g"),
             ],
-            new_block=block != previous,
+            new_block=values != previous,
         )
-        previous = block
+        previous = values
     return table
 
 
@@ -149,9 +172,10 @@ def _block_cells(row, first: bool) -> list[str]:
 
 
 def _dataset_table(frame: pd.DataFrame) -> Table:
-    """Table 1: rows model × scheme, a column of top-1 error per dataset × augmentation, the chosen α and r
-    in each cell."""
-    rows, columns = ["model", "scheme"], ["dataset", "augmentation"]
+    """Table 1: rows model × scheme (× every option that varies), a column of top-1 error per dataset ×
+    augmentation, the chosen α and r in each cell."""
+    options = block_of(frame)[len(BLOCK):]
+    rows, columns = ["model", *options, "scheme"], ["dataset", "augmentation"]
     if frame.duplicated(rows + columns).any():
         raise AnalysisError(
             "two recipes train the same model on the same dataset and augmentation; filter the rows to one "
@@ -159,7 +183,7 @@ def _dataset_table(frame: pd.DataFrame) -> Table:
         )
     cells = frame.assign(
         text=[_dataset_cell(row) for row in frame.itertuples(index=False)],
-        bold=_best_in_block(frame, "test_top1_err_mean", ["model", *columns]),
+        bold=_best_in_block(frame, "test_top1_err_mean", ["model", *options, *columns]),
     )
     order = dict(
         index=pd.MultiIndex.from_frame(frame[rows].drop_duplicates()),
@@ -168,13 +192,15 @@ def _dataset_table(frame: pd.DataFrame) -> Table:
     text = cells.pivot(index=rows, columns=columns, values="text").reindex(**order).fillna(DASH)
     bold = cells.pivot(index=rows, columns=columns, values="bold").reindex(**order).fillna(False)
     table = Table(
-        header=["Model", "Scheme", *(f"{d} ({a}) top-1 err (%)" for d, a in text.columns)],
-        align="ll" + "r" * len(text.columns),
+        header=["Model", *options, "Scheme", *(f"{d} ({a}) top-1 err (%)" for d, a in text.columns)],
+        align="l" * (2 + len(options)) + "r" * len(text.columns),
     )
-    models = list(text.index.get_level_values("model"))
-    for i, ((model, scheme), values) in enumerate(text.iterrows()):
-        first = i == 0 or models[i - 1] != model
-        table.add([model if first else "", scheme, *values], [False, False, *map(bool, bold.iloc[i])], first)
+    keys = list(text.index)
+    for i, (key, values) in enumerate(text.iterrows()):
+        first = i == 0 or keys[i - 1][:-1] != key[:-1]
+        model_first = i == 0 or keys[i - 1][0] != key[0]
+        labels = [key[0] if model_first else "", *(key[1:-1] if first else [""] * len(options)), key[-1]]
+        table.add([*labels, *values], [False] * len(labels) + list(map(bool, bold.iloc[i])), first)
     return table
 
 
@@ -182,7 +208,28 @@ def _dataset_cell(row) -> str:
     text = mean_std(row.test_top1_err_mean, row.test_top1_err_std) + ("†" if row.incomplete else "")
     if row.scheme != "Standard" and pd.notna(row.alpha):
         text += f" (α {row.alpha:g}, r {row.r:g})"
+    if "paper_top1_err" in row._fields and pd.notna(row.paper_top1_err):
+        text += f" [paper {row.paper_top1_err:.2f}]"
     return text
+
+
+# ---- the paper's numbers --------------------------------------------------------------------------------
+
+
+def _with_paper(frame: pd.DataFrame) -> pd.DataFrame:
+    values = [paper_errors(r.model, r.dataset, r.augmentation, r.scheme) for r in frame.itertuples(index=False)]
+    columns = ["paper_top1_err", "paper_top1_std", "paper_top5_err", "paper_top5_std"]
+    return frame.assign(**{c: [v[i] for v in values] for i, c in enumerate(columns)})
+
+
+def _add_paper_column(table: Table, frame: pd.DataFrame) -> None:
+    table.header.append("Paper top-1 / top-5 (%)")
+    table.align += "r"
+    for cells, bold, row in zip(table.rows, table.bold, frame.itertuples(index=False), strict=True):
+        known = pd.notna(row.paper_top1_err)
+        top5 = f" / {mean_std(row.paper_top5_err, row.paper_top5_std)}" if pd.notna(row.paper_top5_err) else ""
+        cells.append(mean_std(row.paper_top1_err, row.paper_top1_std) + top5 if known else DASH)
+        bold.append(False)
 
 
 def _best_in_block(frame: pd.DataFrame, column: str, block: list[str]) -> pd.Series:
@@ -207,10 +254,11 @@ def _with_versus(frame: pd.DataFrame, trials: pd.DataFrame, summary: pd.DataFram
             )
         except AnalysisError:  # no block holds both: the row keeps empty versus columns
             continue
-    columns = [*BLOCK, "a", *_VERSUS]
+    block = block_of(frame)
+    columns = [*block, "a", *_VERSUS]
     rows = pd.concat(found) if found else pd.DataFrame(columns=columns)
     rows = rows[columns].rename(columns={"a": "scheme", **{c: f"versus_{c}" for c in _VERSUS}})
-    return frame.merge(rows, on=[*BLOCK, "scheme"], how="left").assign(versus=str(reference))
+    return frame.merge(rows, on=[*block, "scheme"], how="left").assign(versus=str(reference))
 
 
 def _add_versus_column(table: Table, frame: pd.DataFrame) -> None:
@@ -346,12 +394,16 @@ def format_comparison(result: pd.DataFrame, fmt: str = "md") -> str:
         ],  # fmt: skip
         align="llllrrrrrrrl",
     )
-    previous = None
+    previous, block = None, block_of(result)
+    options = block[len(BLOCK):]
+    table.header[2:2] = options
+    table.align = table.align[:2] + "l" * len(options) + table.align[2:]
     for row in result.itertuples(index=False):
-        block = tuple(getattr(row, name) for name in BLOCK)
+        values = tuple(getattr(row, name) for name in block)
         table.add(
             [
-                *_block_cells(row, block != previous),
+                *_block_cells(row, values[:len(BLOCK)] != (previous or ())[:len(BLOCK)]),
+                *_option_cells(values[len(BLOCK):], values != previous),
                 _side(row.a, row.a_alpha, row.a_r),
                 _side(row.b, row.b_alpha, row.b_r),
                 _seed_count(row),
@@ -363,9 +415,9 @@ def format_comparison(result: pd.DataFrame, fmt: str = "md") -> str:
                 _interval(row.boot_low, row.boot_high),
                 row.conclusion,
             ],
-            new_block=block != previous,
+            new_block=values != previous,
         )
-        previous = block
+        previous = values
     table.notes = _comparison_notes(result)
     return render(table, fmt)
 

@@ -118,6 +118,30 @@ def key_fields(cfg: TrainConfig) -> dict:
             and (name in KEY_V1 or value != getattr(DEFAULTS, name))}
 
 
+def maths_fields(cfg: TrainConfig) -> dict:
+    """Every field that changes what a run computes (the seed aside), as a result row's `config` records it."""
+    return {name: value for name, value in dataclasses.asdict(cfg).items() if name not in RUNTIME}
+
+
+def varying_fields(configs: list[TrainConfig], leave_out=("variant", "alpha", "r")) -> list[str]:
+    """The maths fields whose value differs among `configs` (besides those left out), in field order: what
+    tells a grid's cells apart in a listing beside variant, α and r."""
+    values = [maths_fields(c) for c in configs]
+    return [name for name in values[0] if name not in leave_out
+            and len({json.dumps(v[name], sort_keys=True) for v in values}) > 1] if values else []
+
+
+def value_text(value) -> str:
+    """A field's value as listings and tables show it: none, true/false, 0.05, {"eta": 0.01}."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True)
+    return format(value, "g") if isinstance(value, float) else str(value)
+
+
 def config_key(cfg: TrainConfig) -> str:
     return hashlib.sha256(json.dumps(key_fields(cfg), sort_keys=True).encode()).hexdigest()[:12]
 

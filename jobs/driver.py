@@ -12,7 +12,7 @@ import math
 import os
 import time
 
-from gnp.config import TrainConfig, trial_key
+from gnp.config import TrainConfig, trial_key, varying_fields
 from gnp.errors import UserError
 from jobs import results as res
 
@@ -42,6 +42,12 @@ def run_trial(config: dict, run: dict) -> None:
                        max_failures=run["max_failures"], callbacks=[TuneReportCallback(), clock])
     rows = res.rows_for_trial(cfg, rows_of(result), **run["identity"], trial_wall_s=clock.elapsed())
     res.write_trial(rows, run["results"], run["experiment"])
+
+
+def table_parameters(configs: list[TrainConfig]) -> dict:
+    """The progress table's parameter columns: scheme, α, r, seed and every other field the grid sweeps."""
+    swept = {f"train/{name}": name for name in varying_fields(configs)}
+    return {**TABLE_PARAMETERS, **swept}
 
 
 def driver_resources(cluster: dict) -> dict:
@@ -125,7 +131,7 @@ def fit_grid(configs: list[TrainConfig], *, run: dict, storage: str, concurrent:
         run_config=tune.RunConfig(
             name=f"{run['experiment']}-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=storage, verbose=1,
             failure_config=tune.FailureConfig(max_failures=run["max_failures"]), callbacks=callbacks,
-            progress_reporter=tune.CLIReporter(parameter_columns=TABLE_PARAMETERS,
+            progress_reporter=tune.CLIReporter(parameter_columns=table_parameters(configs),
                                                metric_columns=TABLE_METRICS, max_report_frequency=60),
         ),
     )

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 from pyarrow import fs as pafs
 
 from gnp import variants
-from gnp.config import TrainConfig, trial_key
+from gnp.config import TrainConfig, trial_key, value_text, varying_fields
 from jobs import results as res
 
 BENCH = Path(__file__).resolve().parent.parent / "bench" / "results"
@@ -72,8 +72,10 @@ def print_plan(configs: list[TrainConfig], *, experiment: str, results: str, tra
     on_gpu = gpus_per_worker > 0
     unit = "GPU-h" if on_gpu else "CPU-worker-h"
     rates = measured_rates(results)
-    print(f"{'trial key':<19} {'scheme':<9} {'α':>6} {'r':>6} {'seed':>4}  {'finished':<8} {unit:>12}  "
-          "measured on")
+    options = varying_fields(configs)  # every other swept field, a column each
+    widths = {name: max(len(name), *(len(value_text(getattr(c, name))) for c in configs)) for name in options}
+    print(f"{'trial key':<19} {'scheme':<9} {'α':>6} {'r':>6} " + "".join(f"{n:<{w}} " for n, w in widths.items())
+          + f"{'seed':>4}  {'finished':<8} {unit:>12}  measured on")
     total, todo, missing, to_run = 0.0, 0.0, 0, 0
     for cfg in configs:
         done = res.finished_trial(results, experiment, trial_key(cfg), cfg.epochs)
@@ -87,7 +89,8 @@ def print_plan(configs: list[TrainConfig], *, experiment: str, results: str, tra
         else:
             missing += 1
         source = f"{rate['device']} ({rate['source']})" if rate else "no measurement"
-        print(f"{trial_key(cfg):<19} {cfg.variant:<9} {cfg.alpha:>6g} {cfg.r:>6g} {cfg.seed:>4}  "
+        values = "".join(f"{value_text(getattr(cfg, n)):<{w}} " for n, w in widths.items())
+        print(f"{trial_key(cfg):<19} {cfg.variant:<9} {cfg.alpha:>6g} {cfg.r:>6g} {values}{cfg.seed:>4}  "
               f"{'yes' if done else 'no':<8} {'?' if hours is None else f'{hours:.3f}':>12}  {source}")
     print(packing(configs, workers, gpus_per_worker))
     why = "" if train_images else " (the training images were not counted here)"

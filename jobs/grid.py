@@ -155,10 +155,16 @@ def run(args) -> int:
 
 
 def print_table(results: str, experiment: str) -> None:
+    """The experiment's table; a problem in it (a foreign file in the folder, say) is one line, never an
+    exception after the grid's training: the results are written either way."""
     import analysis
 
-    frame = analysis.load_results(f"{results.rstrip('/')}/{experiment}")
-    print(analysis.format_table(frame), flush=True)
+    folder = f"{results.rstrip('/')}/{experiment}"
+    try:
+        print(analysis.format_table(analysis.load_results(folder)), flush=True)
+    except analysis.AnalysisError as err:
+        print(f"the results are in {folder}, but no table could be made of them: {err}", file=sys.stderr,
+              flush=True)
 
 
 def main(argv=None) -> int:

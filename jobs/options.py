@@ -120,10 +120,13 @@ def build_parser() -> argparse.ArgumentParser:
     for name in SINGLE_RUNTIME:
         runtime.add_argument(flag(name), dest=name, type=one_value(name), default=None, help=field_help(name))
     ray = p.add_argument_group("Ray")
-    ray.add_argument("--workers", type=int, default=2,
+    ray.add_argument("--workers", type=int,
                      help="Train workers (DDP ranks) per trial, all on one node; part of the experiment: the "
-                          "global batch splits over them into the per-rank batch (default 2)")
-    ray.add_argument("--gpus-per-worker", type=float, default=0.0, help="0 trains on CPU with gloo (default)")
+                          "global batch splits over them into the per-rank batch (default: the recipe's, "
+                          "4 for the paper's recipes, else 2)")
+    ray.add_argument("--gpus-per-worker", type=float,
+                     help="GPUs per worker; 0 trains on CPU with gloo (default: 1 for the paper's recipes, "
+                          "which are for GPUs, else 0)")
     ray.add_argument("--cpus-per-worker", type=float, help="CPUs reserved per worker (default 1)")
     ray.add_argument("--max-concurrent", type=int,
                      help="trials at once (default: as many as the cluster fits)")
@@ -174,7 +177,20 @@ class Placement:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    return build_parser().parse_args(negative_lists_joined(argv))
+    args = build_parser().parse_args(negative_lists_joined(argv))
+    workers, gpus = placement_defaults(args.recipe)
+    args.workers = workers if args.workers is None else args.workers
+    args.gpus_per_worker = gpus if args.gpus_per_worker is None else args.gpus_per_worker
+    return args
+
+
+def placement_defaults(recipe: str) -> tuple[int, float]:
+    """(workers, GPUs per worker) of a recipe: the paper's recipes fix the per-GPU batch
+    (perturbation_batch), so as many workers as it takes, one GPU each; the embedded ones 2 CPU workers."""
+    cfg = RECIPES.get(recipe)
+    if cfg is None or cfg.perturbation_batch is None:
+        return 2, 0.0
+    return cfg.batch_size // cfg.perturbation_batch, 1.0
 
 
 # ---- the grid ------------------------------------------------------------------------------------------

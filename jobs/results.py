@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 from pyarrow import fs as pafs
 
 from analysis.schema import RESULT_SCHEMA
-from gnp.config import TrainConfig, config_key, trial_key
+from gnp.config import TrainConfig, config_key, maths_fields, trial_key
 
 
 def code_version() -> str:
@@ -59,6 +59,7 @@ def rows_for_trial(cfg: TrainConfig, rows: list[dict], *, experiment: str, seeds
         dataset=cfg.dataset, augmentation=cfg.augmentation, model=cfg.model, variant=cfg.variant,
         alpha=float(cfg.alpha), r=float(cfg.r), seed=cfg.seed, seeds_planned=seeds_planned,
         epochs=cfg.epochs, code_version=version, dataset_id=dataset_id, trial_wall_s=trial_wall_s,
+        config=json.dumps(maths_fields(cfg), sort_keys=True),
     )
     out = []
     for row in rows:

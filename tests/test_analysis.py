@@ -17,6 +17,7 @@ import pytest
 import analysis
 from analysis import AnalysisError, format_table, load_results, make_figures, select_schemes, summarize
 from analysis.__main__ import main
+from analysis.render import DASH
 from analysis.schema import OPTIONAL, RESULT_SCHEMA
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,9 +39,11 @@ def trial_rows(
     workers=2,
     images_per_s=100.0,
     trial_wall_s=None,
+    epochs=3,
     **block,
 ):
-    """One trial's rows, epoch by epoch: `top1`/`top5` list the test errors, `status` the last row's."""
+    """One trial's rows, epoch by epoch: `top1`/`top5` list the test errors, `status` the last row's;
+    `epochs` is the planned count (a diverged trial stops short of it)."""
     variant = variant or ("standard" if alpha == 0 else "sam" if alpha == 1 else "gnp")
     identity = {**BLOCK, **block}
     config = "-".join([variant, f"a{alpha:g}", f"r{r:g}", experiment, *block.values()])
@@ -59,7 +62,7 @@ def trial_rows(
                 seed=seed,
                 seeds_planned=seeds_planned,
                 epoch=epoch,
-                epochs=len(top1),
+                epochs=epochs,
                 train_loss=1.0 / epoch,
                 train_err=e1,
                 test_top1_err=e1,
@@ -327,7 +330,8 @@ def test_one_cell_from_two_configurations_is_refused(grid):
     write(grid.parent / "longer", trial_rows(alpha=0, r=0, seed=7, top1=[1.0], experiment="longer"))
     df = load_results(grid.parent)
     df.loc[df["experiment"] == "longer", "trial_key"] = "other-s7"
-    with pytest.raises(AnalysisError, match=r"2 different configurations \(experiments: exp, longer\)"):
+    with pytest.raises(AnalysisError, match=r"2 different configurations whose rows do not say how they differ "
+                                            r"\(experiments: exp, longer\)"):
         summarize(df)
 
 
@@ -503,3 +507,71 @@ def test_help_for_each_command(capsys):
     assert out.count("--pick {best,final}") >= 3  # every command
     assert "(default: final)" in out  # compare scores the last epoch unless told otherwise
     assert "gnp:alpha=0.3,r=0.05" in out and "trials: every seed" in out
+
+
+def test_the_paper_s_numbers_stand_beside_ours_where_it_reports_them(tmp_path):
+    folder = tmp_path / "results" / "mixed"
+    wrn = dict(recipe="cifar10-wrn28-10", dataset="cifar10", model="WideResNet_28_10")
+    for augmentation in ("basic", "cutout"):
+        for alpha, errors in ((0, [3.6, 3.4]), (0.8, [2.6, 2.4])):
+            for seed, best in enumerate(errors):
+                write(folder, trial_rows(alpha=alpha, r=0.1, seed=seed, top1=[best + 1, best], seeds_planned=2,
+                                         augmentation=augmentation, **wrn))
+    datasets = format_table(load_results(folder), kind="datasets", paper=True)
+    assert "2.50 ± 0.14 (α 0.8, r 0.1) [paper 2.52]" in datasets  # CIFAR-10 basic, GNP: Table 1
+    assert "3.50 ± 0.14 [paper 2.81]" in datasets  # cutout, Standard
+    assert "Zhao, Zhang & Hu, ICML 2022" in datasets
+    for seed, best in enumerate([23.5, 23.7]):
+        write(folder, trial_rows(alpha=0, r=0, seed=seed, top1=[30, best], seeds_planned=2, recipe="imagenet-resnet50",
+                                 dataset="imagenet", augmentation="inception", model="ResNet50"))
+    schemes = format_table(load_results(folder), paper=True)
+    row = next(line for line in schemes.splitlines() if line.startswith("| ResNet50"))
+    assert row.rstrip(" |").endswith("23.64 ± 0.17 / 7.01 ± 0.09")  # Table 4, top-1 / top-5
+    gnp_rows = {line.rstrip(" |").rsplit("| ", 1)[1] for line in schemes.splitlines() if "| GNP |" in line}
+    assert gnp_rows == {"2.52", "2.16"}  # CIFAR-10 basic and cutout: Table 1 gives the top-1 mean only
+    write(folder, trial_rows(alpha=1, r=0.1, seed=0, top1=[9, 8], seeds_planned=1, recipe="digits"))
+    assert "| SAM | 1 | 0.1 |" in (table := format_table(load_results(folder), paper=True))
+    assert next(line for line in table.splitlines() if "| SAM |" in line).rstrip(" |").endswith(DASH)
+    with pytest.raises(AnalysisError, match="not --kind cells"):
+        format_table(load_results(folder), kind="cells", paper=True)
+
+
+def test_options_that_vary_get_a_column_and_split_every_table(tmp_path):
+    """A grid sweeping mix and clipping: load_results has a column for each (typed), the tables a block per
+    value with the option named, compare and the figures run per block; nothing is averaged across them."""
+    import json
+
+    from gnp.config import maths_fields
+    from gnp.recipes import get_recipe
+
+    folder = tmp_path / "results" / "swept"
+    for mix in ("paper", "official"):
+        for clip in (None, 5.0):
+            for alpha in (0.0, 0.5):
+                cfg = get_recipe("digits", mix=mix, clip_grad_norm=clip, alpha=alpha,
+                                 variant="standard" if alpha == 0 else "gnp", r=0.0 if alpha == 0 else 0.05)
+                for seed in (0, 1):
+                    best = 10 + 5 * (mix == "official") + 2 * (clip is None) - 3 * alpha + seed
+                    rows = trial_rows(alpha=alpha, r=cfg.r, seed=seed, top1=[best + 5, best], seeds_planned=2,
+                                      experiment=f"swept-{mix}-{clip}")
+                    for row in rows:
+                        row["config"] = json.dumps(maths_fields(cfg), sort_keys=True)
+                    write(folder, rows)
+    df = load_results(folder)
+    assert set(df["mix"]) == {"paper", "official"} and df["clip_grad_norm"].isna().any()
+    assert set(df["clip_grad_norm"].dropna()) == {5.0} and "momentum" not in df.columns  # only what varies
+    table = format_table(df)
+    assert "| Model | Data | mix | clip_grad_norm | Scheme |" in table
+    assert "| smallcnn | digits (crop) | official | 5 | Standard | 0 | 0 | 15.50 ± 0.71 |" in table
+    assert "|  |  | official | none | Standard | 0 | 0 | 17.50 ± 0.71 |" in table
+    assert "|  |  | paper | 5 | Standard | 0 | 0 | 10.50 ± 0.71 |" in table
+    assert "|  |  |  |  | GNP | 0.5 | 0.05 | **9.00 ± 0.71** |" in table
+    assert len(summarize(df)) == 8  # 2 mixes × 2 clips × (standard, GNP): never averaged across them
+    compared = analysis.compare(df, "GNP", "Standard")
+    assert len(compared) == 4 and set(compared["mix"]) == {"paper", "official"}
+    assert (compared["diff"] == -1.5).all()
+    assert "| official | none | GNP (α 0.5, r 0.05) | Standard" in analysis.format_comparison(compared)
+    datasets = format_table(df, kind="datasets")
+    assert "| Model | mix | clip_grad_norm | Scheme |" in datasets
+    paths = make_figures(df, tmp_path / "figures")
+    assert len({p.stem.split("-", 1)[1] for p in paths}) == 4  # one figure set per (mix, clip)

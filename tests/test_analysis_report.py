@@ -195,13 +195,16 @@ def test_epoch_figure_has_integer_ticks_and_scheme_colours(study):
 
 def test_titles_say_model_data_pick_and_n(study, tmp_path):
     _, df, _ = study
-    block = tuple(BLOCK[k] for k in ("recipe", "model", "dataset", "augmentation"))
-    assert block_title(block, "final", pd.Series([3, 3])) == (
+    names = ["recipe", "model", "dataset", "augmentation"]
+    block = tuple(BLOCK[k] for k in names)
+    assert block_title(block, "final", pd.Series([3, 3]), names) == (
         "smallcnn on digits (crop), recipe digits · final epoch per trial · n = 3 seeds"
     )
-    assert block_title(block, "best", pd.Series([1, 3])).endswith(
+    assert block_title(block, "best", pd.Series([1, 3]), names).endswith(
         "best epoch (lowest top-1) per trial · n = 1–3 seeds per point"
     )
+    assert block_title((*block, "official"), "best", pd.Series([2]), [*names, "mix"]).startswith(
+        "smallcnn on digits (crop), recipe digits, mix = official · ")
     paths = make_figures(df, tmp_path / "fig", pick="final")
     assert sorted({p.name.split("-")[0] for p in paths}) == ["alpha", "epochs", "heatmap"]
 

@@ -122,6 +122,15 @@ def test_any_option_sweeps():
     assert cfg.variant_options == {"eta": 0.1}
 
 
+def test_the_paper_recipes_default_to_their_gpus_and_the_embedded_ones_to_cpu_workers():
+    for recipe, workers, gpus in (("imagenet-vgg16bn", 4, 1.0), ("cifar10-pyramidnet272", 4, 1.0),
+                                  ("digits", 2, 0.0), ("digits-cifar", 2, 0.0)):
+        args = options.parse_args(["--recipe", recipe])
+        assert (args.workers, args.gpus_per_worker) == (workers, gpus), recipe
+    args = options.parse_args(["--recipe", "imagenet-resnet50", "--workers", "1", "--gpus-per-worker", "0"])
+    assert (args.workers, args.gpus_per_worker) == (1, 0.0)
+
+
 def test_the_recipe_value_is_kept_where_no_option_is_given():
     cfg = configs("--recipe", "imagenet-resnet50", "--seeds", "0", "--alpha", "0.3", "--workers", "4")[0]
     assert cfg.clip_grad_norm == 5.0 and cfg.perturbation_batch == 128 and cfg.epochs == 100
@@ -310,6 +319,20 @@ def test_the_estimate_reads_bench_figures_and_says_when_it_has_none(tmp_path, mo
     estimate.print_plan(cfgs, experiment="e", results=str(tmp_path / "results"), train_images=1000,
                         workers=2, gpus_per_worker=1)
     assert "2 trial(s) without a measurement" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--recipe", "cifar10-wrn28-10"], "recipe 'cifar10-wrn28-10' (cifar10) needs --data: CIFAR-10"),
+    (["--recipe", "cifar100-vgg16", "--data", "{tmp}/none"], "CIFAR-100 root {tmp}/none does not exist"),
+    (["--recipe", "cifar10-vgg16", "--data", "{tmp}"], "{tmp} holds no CIFAR-10: expected cifar-10-batches-py/"),
+    (["--recipe", "digits-cifar", "--augmentation", "crop"], "dataset 'digits-cifar' has no augmentation 'crop'"),
+    (["--recipe", "imagenet-resnet50", "--model", "WideResNet_28_10x"], "--model takes"),
+])
+def test_a_bad_cifar_grid_is_one_line_before_ray(tmp_path, argv, message):
+    out = grid_alone(*[a.format(tmp=tmp_path) for a in argv], "--dry-run", "--results", str(tmp_path / "r"))
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and message.format(tmp=tmp_path) in out.stderr
+    assert not (tmp_path / "r").exists()
 
 
 def test_the_dry_run_prints_the_trials_and_exits_before_ray(tmp_path):
