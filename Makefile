@@ -13,6 +13,7 @@ DATA ?=
 RECIPE ?=
 RESULTS ?= $(CURDIR)/results
 EXPERIMENT ?=
+EXPERIMENT_ARG = $(if $(EXPERIMENT),--experiment $(EXPERIMENT))  # default: the recipe's name
 DRY_RUN ?=
 ADDRESS ?= http://127.0.0.1:8265
 # The interpreter the job runs on the cluster: one with this project's environment (README, "On a Ray cluster").
@@ -21,18 +22,18 @@ CLUSTER_PYTHON ?= python
 # The demo grid on the embedded digits (no DATA): 2 seeds x (standard, GNP alpha 0.8, SAM), 2 CPU workers each,
 # two trials at once (half a CPU per worker), so that one trial trains while the next starts its workers.
 DEMO_GRID = --recipe digits --seeds 0,1 --alpha 0,0.8,1 --r 0.05 --workers 2 --cpus-per-worker 0.49 \
-	--experiment $(or $(EXPERIMENT),digits-demo)
+	$(EXPERIMENT_ARG)
 # The paper's ImageNet grid for RECIPE (DATA given; default imagenet-resnet50): 3 seeds x alpha in
 # {0, 0.2, 0.3, 1}, r = 0.05, each trial 4 GPUs (the paper's 128 images per GPU).
 IMAGENET_RECIPE = $(or $(RECIPE),imagenet-resnet50)
 PAPER_GRID = --recipe $(IMAGENET_RECIPE) --data $(DATA) --seeds 0,1,2 --alpha 0,0.2,0.3,1 --r 0.05 \
-	--workers 4 --gpus-per-worker 1 --experiment $(or $(EXPERIMENT),$(IMAGENET_RECIPE)-paper)
+	--workers 4 --gpus-per-worker 1 $(EXPERIMENT_ARG)
 IMAGENET_GRID = $(or $(GRID),$(if $(DATA),$(PAPER_GRID),$(DEMO_GRID)))
 
 # The CIFAR demo on the embedded digits in CIFAR's format (no DATA): 2 seeds x (standard, GNP, SAM) x the
 # basic and cutout augmentations (Table 1's two columns), 2 CPU workers each, two trials at once.
 CIFAR_DEMO_GRID = --recipe digits-cifar --seeds 0,1 --alpha 0,0.8,1 --r 0.05 --augmentation basic,cutout \
-	--workers 2 --cpus-per-worker 0.49 --experiment $(or $(EXPERIMENT),digits-cifar-demo)
+	--workers 2 --cpus-per-worker 0.49 $(EXPERIMENT_ARG)
 # The paper's CIFAR grid for RECIPE (DATA given; default cifar10-wrn28-10): 5 seeds (PyramidNet 3) x
 # alpha in {0, 0.8, 1} at the scripts' r = 0.1 x basic and cutout (PyramidNet: its AutoAugment + mixcut),
 # each trial 4 GPUs (64 images per GPU).
@@ -41,7 +42,7 @@ PYRAMIDNET = $(findstring pyramidnet,$(CIFAR_RECIPE))
 THREE_SEEDS := --seeds 0,1,2
 FIVE_SEEDS := --seeds 0,1,2,3,4 --augmentation basic,cutout
 CIFAR_PAPER_GRID = --recipe $(CIFAR_RECIPE) --data $(DATA) $(if $(PYRAMIDNET),$(THREE_SEEDS),$(FIVE_SEEDS)) \
-	--alpha 0,0.8,1 --r 0.1 --workers 4 --gpus-per-worker 1 --experiment $(or $(EXPERIMENT),$(CIFAR_RECIPE)-paper)
+	--alpha 0,0.8,1 --r 0.1 --workers 4 --gpus-per-worker 1 $(EXPERIMENT_ARG)
 CIFAR_GRID = $(or $(GRID),$(if $(DATA),$(CIFAR_PAPER_GRID),$(CIFAR_DEMO_GRID)))
 COMMON_ARGS = --results $(RESULTS) $(if $(DRY_RUN),--dry-run)
 

@@ -2,7 +2,7 @@
 
 From a notebook or a script (the command line is `python -m analysis --help`):
 
-    df = analysis.load_results("results/digits-grid")  # every trial's rows, one DataFrame
+    df = analysis.load_results("results/digits")  # every trial's rows, one DataFrame
     print(analysis.format_table(df))  # one chosen cell per scheme (Standard / GNP / SAM ...), Markdown
     analysis.summarize(df)  # mean, std and n for every (variant, α, r)
     analysis.compare(df, "GNP", "SAM")  # GNP − SAM per model over the seeds both have: interval, p-value

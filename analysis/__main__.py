@@ -1,12 +1,12 @@
 """The paper's tables, comparisons and figures from a results folder (local, or a pyarrow URI such as s3://).
 
-    python -m analysis table results/digits-grid                          # one chosen cell per scheme
-    python -m analysis table results/digits-grid --kind cells             # every variant, α and r
-    python -m analysis table results/digits-grid --format latex --pick final --versus Standard
-    python -m analysis table results/digits-grid --kind trials --format csv > trials.csv
-    python -m analysis compare results/digits-grid                        # GNP − Standard, GNP − SAM, ...
-    python -m analysis compare results/digits-grid gnp:alpha=0.3,r=0.05 SAM
-    python -m analysis figures results/digits-grid --out figures/
+    python -m analysis table results/digits                          # one chosen cell per scheme
+    python -m analysis table results/digits --kind cells             # every variant, α and r
+    python -m analysis table results/digits --format latex --pick final --versus Standard
+    python -m analysis table results/digits --kind trials --format csv > trials.csv
+    python -m analysis compare results/digits                        # GNP − Standard, GNP − SAM, ...
+    python -m analysis compare results/digits gnp:alpha=0.3,r=0.05 SAM
+    python -m analysis figures results/digits --out figures/
 
 A user mistake (no such folder, no trial files, a corrupt or foreign file, an unknown scheme or option)
 prints one line and exits 2.

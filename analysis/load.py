@@ -119,6 +119,15 @@ def _hidden(relative: str) -> bool:
     return any(part.startswith(("_", ".")) for part in relative.split("/") if part)
 
 
+def read_trial(filesystem: pafs.FileSystem, path: str) -> pa.Table | None:
+    """One trial file's rows in RESULT_SCHEMA, or None for a file that is not one (other readers, such as the
+    dry run's price list, skip what load_results would name)."""
+    try:
+        return _read_trial(filesystem, path)
+    except _BadFile:
+        return None
+
+
 def _read_trial(filesystem: pafs.FileSystem, path: str) -> pa.Table:
     """The file's rows in RESULT_SCHEMA, or _BadFile saying what is wrong with it."""
     try:

@@ -35,7 +35,7 @@ REGISTRY ?=
 # The only CIDR SSH (22) is open to on AWS, e.g. SSH_CIDR=$$(curl -s https://checkip.amazonaws.com)/32
 SSH_CIDR ?=
 CLUSTER_ADDRESS ?= http://127.0.0.1:8265
-CLUSTER_EXPERIMENT ?= resnet50-paper
+CLUSTER_EXPERIMENT ?= imagenet-resnet50
 # The paper's ResNet-50 grid: 3 seeds x alpha in {0, 0.2, 0.3, 1} (standard, GNP, GNP, SAM), r = 0.05, one
 # 8-GPU node per trial. --no-resource-check: the cluster autoscales, so the grid must not size itself on
 # the GPUs that happen to be up when it is submitted (Ray queues the trials that do not fit yet). No
@@ -60,7 +60,7 @@ IMAGE_SOURCES = constraints.txt pyproject.toml README.md gnp jobs analysis clust
 
 KUBERAY_MANIFESTS ?= cluster/kuberay-raycluster.yaml cluster/kuberay-rayjob.yaml
 KUBERAY_PREREQS ?= cluster/kuberay-prereqs.yaml
-RAYJOB ?= gnp-resnet50-paper
+RAYJOB ?= gnp-imagenet-resnet50
 RENDER = sed -e 's|__BUCKET__|$(BUCKET)|g' -e 's|__REGISTRY__|$(REGISTRY)|g' -e 's|__COMMIT__|$(COMMIT)|g' \
 	-e 's|__REGION__|$(CLUSTER_REGION)|g' -e 's|__SSH_CIDR__|$(SSH_CIDR)|g'
 

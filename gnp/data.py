@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from torchvision import transforms
 from torchvision.datasets import ImageFolder
+from torchvision.datasets.folder import default_loader
 
 from gnp import datasets, inception
 from gnp import decode as device_decode
@@ -126,6 +127,15 @@ class ShardSampler(Sampler):
         return len(self.indices)
 
 
+def read_image(path: str):
+    """ImageFolder's default loader (any image as RGB: ImageNet has CMYK JPEGs and a PNG named .JPEG), with
+    a file that is no image named in the error."""
+    try:
+        return default_loader(path)
+    except (OSError, SyntaxError, ValueError) as err:  # PIL's ways of saying "not an image I can read"
+        raise UserError(f"{path} is not a readable image ({err}); replace or remove it") from None
+
+
 class EpochLoader(DataLoader):
     """A DataLoader whose epoch (for the shuffle and the augmentation draws) is set like the tensor batches'."""
 
@@ -161,7 +171,7 @@ def build_loaders(root: Path, *, image_size, augmentation, batch_size, workers, 
     files still encoded, for `to_device` to decode on the training device (gnp.decode)."""
     train_tf, val_tf = build_transforms(image_size, augmentation)
     # ImageFolder's default loader converts every image to RGB (ImageNet has CMYK JPEGs and a PNG named .JPEG)
-    folders = {}
+    folders = dict(loader=read_image)
     if decode == "device":
         train_tf, val_tf = device_decode.DrawCrop(train_tf), device_decode.CenterCrop(val_tf)
         folders = dict(loader=device_decode.read_encoded)

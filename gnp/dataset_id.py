@@ -11,6 +11,7 @@ import hashlib
 import os
 from pathlib import Path
 
+from gnp.errors import UserError
 from gnp.folders import IMAGE_EXTENSIONS
 
 
@@ -21,7 +22,10 @@ def _walk(folder: str, prefix: str, out: list) -> None:
             if entry.is_dir(follow_symlinks=True):
                 _walk(entry.path, relative, out)
             elif entry.name.lower().endswith(IMAGE_EXTENSIONS):
-                out.append((relative, entry.stat(follow_symlinks=True).st_size))
+                try:
+                    out.append((relative, entry.stat(follow_symlinks=True).st_size))
+                except FileNotFoundError:
+                    raise UserError(f"{entry.path} is a link to nothing; remove it or restore its target") from None
 
 
 def dataset_identity(root: str | Path) -> dict:
@@ -35,7 +39,15 @@ def dataset_identity(root: str | Path) -> dict:
     for path, size in files:
         digest.update(f"{path}\0{size}\n".encode())
     with os.scandir(os.path.join(root, "train")) as entries:
-        classes = sum(1 for e in entries if e.is_dir(follow_symlinks=True))
+        names = sorted(e.name for e in entries if e.is_dir(follow_symlinks=True))
+    for split in ("train", "val"):  # torchvision's ImageFolder refuses a class without an image, mid-run
+        filled = {path.split("/")[1] for path, _ in files if path.startswith(f"{split}/")}
+        empty = [name for name in names if name not in filled]
+        if empty:
+            raise UserError(f"{os.path.join(root, split, empty[0])} holds no image (.JPEG, .jpg, .png)"
+                            f"{f' (and {len(empty) - 1} more class folders)' if len(empty) > 1 else ''}; "
+                            "remove the class or add its images")
+    classes = len(names)
     return dict(
         classes=classes,
         train_images=sum(1 for path, _ in files if path.startswith("train/")),

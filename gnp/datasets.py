@@ -26,6 +26,7 @@ class Dataset:
     std: tuple[float, float, float] = IMAGENET_STD
     embedded: Callable[[], Path] | None = None  # the copy used without --data (None: --data is required)
     cifar_format: cifar.Format | None = None  # the pickles' layout (layout "cifar")
+    train_images: int | None = None  # the official training set's size: a dry run's count where its data is not here
 
     def root(self, data: str | None, recipe: str = "") -> Path:
         """The checked root of `data`, or the embedded copy when none is given."""
@@ -65,9 +66,9 @@ CIFAR_AUGMENTATIONS = {
 }
 
 
-def _cifar(name, summary, fmt, mean, std, embedded=None):
+def _cifar(name, summary, fmt, mean, std, embedded=None, train_images=None):
     return Dataset(name, summary, "cifar", CIFAR_AUGMENTATIONS, lambda data: cifar.locate(data, fmt),
-                   lambda location: cifar.identity(location, fmt), mean, std, embedded, fmt)
+                   lambda location: cifar.identity(location, fmt), mean, std, embedded, fmt, train_images)
 
 
 CIFAR10_MEAN, CIFAR10_STD = (0.49139968, 0.48215841, 0.44653091), (0.24703223, 0.24348513, 0.26158784)
@@ -76,13 +77,14 @@ REGISTRY: dict[str, Dataset] = {
     d.name: d
     for d in (
         Dataset("imagenet", "the folder that holds train/<class>/*.JPEG and val/<class>/*.JPEG", "folders",
-                FOLDER_AUGMENTATIONS, folders.check_layout, dataset_id.dataset_identity),
+                FOLDER_AUGMENTATIONS, folders.check_layout, dataset_id.dataset_identity, train_images=1_281_167),
         Dataset("digits", "scikit-learn's 8×8 digits as 32×32 JPEGs in the ImageNet layout (embedded)", "folders",
                 FOLDER_AUGMENTATIONS, folders.check_layout, dataset_id.dataset_identity,
                 embedded=folders.ensure_digits),
-        _cifar("cifar10", f"CIFAR-10: {cifar.CIFAR10.describe()}", cifar.CIFAR10, CIFAR10_MEAN, CIFAR10_STD),
+        _cifar("cifar10", f"CIFAR-10: {cifar.CIFAR10.describe()}", cifar.CIFAR10, CIFAR10_MEAN, CIFAR10_STD,
+               train_images=50_000),
         _cifar("cifar100", f"CIFAR-100: {cifar.CIFAR100.describe()}", cifar.CIFAR100,
-               (0.50707516, 0.48654887, 0.44091784), (0.26733429, 0.25643846, 0.27615047)),
+               (0.50707516, 0.48654887, 0.44091784), (0.26733429, 0.25643846, 0.27615047), train_images=50_000),
         _cifar("digits-cifar", "scikit-learn's digits as 32×32 RGB in CIFAR-10's format (embedded; CIFAR-10's "
                "normalization)", cifar.CIFAR10, CIFAR10_MEAN, CIFAR10_STD,
                lambda: cifar.locate(cifar.ensure_digits(), cifar.CIFAR10)),

@@ -23,6 +23,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2 import functional as TF
 
 from gnp import inception
+from gnp.errors import UserError
 
 
 class Encoded(NamedTuple):
@@ -45,10 +46,13 @@ def read_encoded(path: str):
     converted to RGB as ImageFolder's default loader does (for the loader-side fallback)."""
     with open(path, "rb") as f:
         raw = f.read()
-    with Image.open(io.BytesIO(raw)) as image:  # reads the header only
-        if image.format == "JPEG" and image.mode in ("RGB", "L"):
-            return Encoded(torch.frombuffer(bytearray(raw), dtype=torch.uint8), *image.size, size=0)
-        return image.convert("RGB")
+    try:
+        with Image.open(io.BytesIO(raw)) as image:  # reads the header only
+            if image.format == "JPEG" and image.mode in ("RGB", "L"):
+                return Encoded(torch.frombuffer(bytearray(raw), dtype=torch.uint8), *image.size, size=0)
+            return image.convert("RGB")
+    except (OSError, SyntaxError, ValueError) as err:
+        raise UserError(f"{path} is not a readable image ({err}); replace or remove it") from None
 
 
 def _shape(height: int, width: int) -> torch.Tensor:

@@ -3,3 +3,12 @@
 
 class UserError(ValueError):
     """Bad input from the user: the message names the problem and the fix; no traceback is shown."""
+
+
+def one_line(err: Exception) -> str:
+    """The message to show: a DataLoader process's error arrives as a traceback report whose last line is
+    "<class>: <message>"; that message alone."""
+    lines = str(err).strip().splitlines()
+    if len(lines) > 1 and ": " in lines[-1]:
+        return lines[-1].split(": ", 1)[1]
+    return lines[0] if lines else type(err).__name__

@@ -60,6 +60,8 @@ def ensure_digits(root: Path | None = None) -> Path:
 def check_layout(root: str | Path) -> Path:
     """Say exactly what is wrong with a dataset root, before any worker starts loading it."""
     root = Path(root).expanduser()
+    if root.is_file():
+        raise UserError(f"dataset root {root} is a file, not a folder; pass the folder that holds train/ and val/")
     if not root.is_dir():
         raise UserError(f"dataset root {root} does not exist; pass the folder that holds train/ and val/")
     missing = [split for split in ("train", "val") if not (root / split).is_dir()]

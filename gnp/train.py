@@ -15,9 +15,11 @@ import argparse
 import dataclasses
 import json
 import sys
+from pathlib import Path
 
+from gnp import datasets, variants
 from gnp.config import FIELDS, base_type, differences, parse_value
-from gnp.errors import UserError
+from gnp.errors import UserError, one_line
 from gnp.recipes import RECIPES, get_recipe
 
 
@@ -31,11 +33,16 @@ def typed(name: str):
     return convert
 
 
+class Parser(argparse.ArgumentParser):
+    def error(self, message):
+        """Bad input is one line and exit 2, as for every other mistake (no usage block)."""
+        self.exit(2, f"error: {message} (python -m gnp.train --help lists the options)\n")
+
+
 def build_parser(recipe: str = "digits") -> argparse.ArgumentParser:
     """One option per config field, its help ending with `recipe`'s value."""
-    base = RECIPES.get(recipe, RECIPES["digits"])
-    p = argparse.ArgumentParser(prog="python -m gnp.train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    base = RECIPES.get(recipe, RECIPES["digits"]).replace(out=f"runs/{recipe}")
+    p = Parser(prog="python -m gnp.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--recipe", default="digits", help=f"one of: {', '.join(RECIPES)} (default: digits)")
     for name, f in FIELDS.items():
         if name == "recipe":
@@ -47,7 +54,7 @@ def build_parser(recipe: str = "digits") -> argparse.ArgumentParser:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
             p.add_argument(flag, type=typed(name), default=None, metavar=name.upper(), help=help_text)
-    p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint.pt")
     p.add_argument("--print-recipe", action="store_true",
                    help="print every value of the run (the recipe with these options) as JSON and exit")
     return p
@@ -62,11 +69,14 @@ def parse(argv) -> argparse.Namespace:
 
 
 def config_from_args(args: argparse.Namespace):
+    """The run's configuration, named as a grid names it: α = 0 is standard (r 0), gnp at α = 1 is sam."""
     overrides = {k: v for k, v in vars(args).items() if k not in ("recipe", "resume", "print_recipe")}
     overrides["out"] = args.out or f"runs/{args.recipe}"
     if overrides.get("alpha") is not None and overrides.get("variant") is None:
         overrides["variant"] = "gnp"
-    return get_recipe(args.recipe, **overrides)
+    cfg = get_recipe(args.recipe, **overrides)
+    variant = variants.canonical(cfg.variant, cfg.alpha)
+    return cfg.replace(variant=variant, r=0.0 if variant == "standard" else cfg.r)
 
 
 def main(argv=None) -> int:
@@ -76,20 +86,28 @@ def main(argv=None) -> int:
         if args.print_recipe:
             print(json.dumps(dataclasses.asdict(cfg), indent=1))
             return 0
+        datasets.get(cfg.dataset).root(cfg.data, cfg.recipe)  # the data is checked before --out is made
         from gnp import checkpoint
         from gnp.loop import close_distributed, prepare_output, train
 
-        out = prepare_output(cfg.out)
-        existing = out / checkpoint.FILENAME
+        existing = Path(cfg.out).expanduser() / checkpoint.FILENAME
         if existing.exists() and not args.resume:
             raise UserError(f"{existing} already exists; pass --resume to continue it or choose another --out")
-        resume = checkpoint.load(existing) if args.resume and existing.exists() else None
+        if args.resume and not existing.exists():
+            raise UserError(f"--resume: {existing} does not exist, so there is nothing to resume; drop --resume "
+                            "to start this run afresh, or give the --out of the run to continue")
+        resume = checkpoint.load(existing) if args.resume else None
+        out = prepare_output(cfg.out)
         if resume is not None:
             changed = differences(resume["config"], cfg)
             if changed:
                 name = changed[0]
                 raise UserError(f"{out} was trained with {name}={resume['config'].get(name)!r}, this command "
                                 f"says {getattr(cfg, name)!r}; resume with the same values or choose another --out")
+            if resume["epoch"] >= cfg.epochs or (resume["rows"] and resume["rows"][-1]["status"] == "diverged"):
+                print(f"{out} has finished ({resume['epoch']} of {cfg.epochs} epochs, "
+                      f"{resume['rows'][-1]['status']}); nothing to resume", file=sys.stderr)
+                return 0 if resume["rows"][-1]["status"] == "ok" else 3
             print(f"resuming {out} at epoch {resume['epoch']} of {cfg.epochs}", file=sys.stderr)
         metrics = out / "metrics.jsonl"
         print(f"training {cfg.recipe}: {cfg.model}, variant={cfg.variant} α={cfg.alpha} r={cfg.r}, "
@@ -110,7 +128,7 @@ def main(argv=None) -> int:
         finally:
             close_distributed()  # this command started the process group under torchrun; it ends it
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {one_line(err)}", file=sys.stderr)
         return 2
     return 0 if rows[-1]["status"] == "ok" else 3
 

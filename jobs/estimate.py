@@ -1,19 +1,22 @@
 """`--dry-run`: the trials a grid will run and the device-hours they will take, before Ray starts.
 
-The rate of a trial is measured, never assumed: images/s per device from earlier results on the same model
-and device kind (every experiment under --results), else from `bench/step_ratio.py --json bench/results`
-(its one-process figures: synthetic batches, no data loading, so an upper bound), else the table says it
-has no measurement. A variant without
-its own measurement takes one of a variant with as many passes per step (gnp, sam, fgr, bgr, asam: two).
+A trial's rate (images/s per device) comes, in this order, from earlier results on the same model and
+device kind (every experiment under --results: end to end, the real loader included), from
+`bench/step_ratio.py --json bench/results` (its one-process figures: synthetic batches, no data loading,
+so the hours are a lower bound), and for a GPU grid with neither, from an assumption said as one: the
+throughput target of 3,000 images/s per GPU for ResNet-50's standard step, scaled by the network's
+forward multiply-adds, half that for a two-pass step. A variant without its own measurement takes one of
+a variant with as many passes per step (gnp, sam, fgr, bgr, asam: two). Every trial line says which rate
+it took and from where; the total says how long the grid takes with the trials that run at once.
 """
 
 import glob
 import json
 from pathlib import Path
 
-import pyarrow.parquet as pq
 from pyarrow import fs as pafs
 
+from analysis.load import read_trial
 from gnp import variants
 from gnp.config import TrainConfig, trial_key, value_text, varying_fields
 from jobs import results as res
@@ -29,8 +32,11 @@ def measured_rates(results: str) -> list[dict]:
     for info in filesystem.get_file_info(selector):
         if info.type != pafs.FileType.File or not info.path.endswith(".parquet") or "/_ray" in info.path:
             continue
+        table = read_trial(filesystem, info.path)  # a corrupt or foreign file prices nothing
+        if table is None:
+            continue
         columns = ["model", "device", "variant", "images_per_s", "workers", "status"]
-        for row in pq.read_table(info.path, filesystem=filesystem, columns=columns).to_pylist():
+        for row in table.select(columns).to_pylist():
             if row["status"] == "ok" and row["images_per_s"]:
                 rates.append(dict(model=row["model"], device=row["device"], variant=row["variant"],
                                   per_device=row["images_per_s"] / max(row["workers"], 1), source="results"))
@@ -41,6 +47,27 @@ def measured_rates(results: str) -> list[dict]:
             rates.append(dict(model=bench["args"]["model"], device=device, variant=scheme,
                               per_device=float(figures["img_s"]), source=Path(path).name))
     return rates
+
+
+# Forward multiply-adds per image (GMACs) at the image size, measured with torch.utils.flop_counter.
+GMACS = {
+    ("ResNet50", 224): 4.089, ("ResNet101", 224): 7.801, ("VGG16BN", 224): 15.47, ("resnet50", 224): 4.089,
+    ("resnet101", 224): 7.801, ("vgg16_bn", 224): 15.47, ("resnet18", 224): 1.814, ("VGG16", 32): 0.3321,
+    ("VGG16BN", 32): 0.3321, ("WideResNet_28_10", 32): 5.214, ("WideResNet_2_96_ShakeShake", 32): 3.777,
+    ("PyramidNet_272_200_ShakeDrop", 32): 4.489, ("smallcnn", 32): 0.01032,
+}
+TARGET = 3000.0  # images/s per GPU, ResNet-50 standard step at 224 px: a target, not a measurement
+TARGET_GMACS = GMACS[("ResNet50", 224)]
+
+
+def assumed_rate(cfg: TrainConfig) -> dict | None:
+    """The target rate scaled by the network's forward multiply-adds (None for a network not in GMACS)."""
+    gmacs = GMACS.get((cfg.model, cfg.image_size))
+    if gmacs is None:
+        return None
+    passes = 2 if variants.REGISTRY[cfg.variant].passes == 2 else 1
+    return dict(model=cfg.model, device="GPU", variant=cfg.variant, per_device=TARGET * TARGET_GMACS / gmacs / passes,
+                source="assumed")
 
 
 def rate_for(cfg: TrainConfig, on_gpu: bool, rates: list[dict]) -> dict | None:
@@ -67,32 +94,71 @@ def packing(configs: list[TrainConfig], workers: int, gpus_per_worker: float) ->
             f"{int(8 // gpus)} trial(s) at once")
 
 
+def wall_hours(hours: list[float], at_once: int) -> float:
+    """The grid's wall time with `at_once` trials running side by side, started in the grid's order."""
+    slots = [0.0] * max(1, at_once)
+    for h in hours:
+        slots[slots.index(min(slots))] += h
+    return max(slots)
+
+
 def print_plan(configs: list[TrainConfig], *, experiment: str, results: str, train_images: int | None,
-               workers: int, gpus_per_worker: float) -> None:
+               workers: int, gpus_per_worker: float, at_once: int | None = None) -> None:
     on_gpu = gpus_per_worker > 0
-    unit = "GPU-h" if on_gpu else "CPU-worker-h"
     rates = measured_rates(results)
     options = varying_fields(configs)  # every other swept field, a column each
     widths = {name: max(len(name), *(len(value_text(getattr(c, name))) for c in configs)) for name in options}
     print(f"{'trial key':<19} {'scheme':<9} {'α':>6} {'r':>6} " + "".join(f"{n:<{w}} " for n, w in widths.items())
-          + f"{'seed':>4}  {'finished':<8} {unit:>12}  measured on")
-    total, todo, missing, to_run = 0.0, 0.0, 0, 0
+          + f"{'seed':>4}  {'finished':<8} {'images':>9} {'img/s/dev':>10} {'device-h':>9}  rate from")
+    total, todo, missing, sources, wall = 0.0, 0.0, 0, {}, []
     for cfg in configs:
         done = res.finished_trial(results, experiment, trial_key(cfg), cfg.epochs)
-        to_run += not done
-        rate = rate_for(cfg, on_gpu, rates)
-        hours = None
-        if rate and train_images:
-            hours = cfg.epochs * train_images / rate["per_device"] / 3600
+        rate = rate_for(cfg, on_gpu, rates) or (assumed_rate(cfg) if on_gpu else None)
+        images = cfg.epochs * train_images if train_images else None
+        hours = images / rate["per_device"] / 3600 if rate and images else None
+        if hours is None:
+            missing += 1
+        else:
             total += hours
             todo += 0 if done else hours
-        else:
-            missing += 1
-        source = f"{rate['device']} ({rate['source']})" if rate else "no measurement"
+            wall += [] if done else [hours / workers]
+        if rate:
+            sources[rate["source"]] = sources.get(rate["source"], set()) | {rate["device"]}
         values = "".join(f"{value_text(getattr(cfg, n)):<{w}} " for n, w in widths.items())
         print(f"{trial_key(cfg):<19} {cfg.variant:<9} {cfg.alpha:>6g} {cfg.r:>6g} {values}{cfg.seed:>4}  "
-              f"{'yes' if done else 'no':<8} {'?' if hours is None else f'{hours:.3f}':>12}  {source}")
+              f"{'yes' if done else 'no':<8} {_count(images):>9} {_count(rate and rate['per_device']):>10} "
+              f"{'?' if hours is None else f'{hours:.3g}':>9}  {_source(rate)}")
     print(packing(configs, workers, gpus_per_worker))
-    why = "" if train_images else " (the training images were not counted here)"
-    print(f"{len(configs)} trials, {to_run} to run: {todo:.2f} {unit} to go, {total:.2f} in all" +
-          (f"; {missing} trial(s) without a measurement{why}" if missing else ""))
+    at_once = at_once or (max(1, int(8 // (workers * gpus_per_worker))) if on_gpu else 1)
+    without = f"; {missing} trial(s) without a rate" if missing else ""
+    print(f"{len(configs)} trials, {len(wall) + missing} to run: {todo:.3g} device-hours to go, {total:.3g} in all; "
+          f"about {wall_hours(wall, at_once):.3g} h of wall time with {at_once} trial(s) at once "
+          f"(--max-concurrent){without}")
+    for source, devices in sources.items():
+        print(_caveat(source, devices))
+
+
+def _count(value) -> str:
+    if not value:
+        return "?"
+    return f"{value / 1e6:.3g}M" if value >= 1e6 else f"{value:,.0f}"
+
+
+def _source(rate: dict | None) -> str:
+    if rate is None:
+        return "no measurement"
+    if rate["source"] == "assumed":
+        return "assumed (a target scaled by FLOPs)"
+    return f"{rate['device']} ({rate['source']})"
+
+
+def _caveat(source: str, devices: set) -> str:
+    if source == "assumed":
+        return (f"assumed rates: {TARGET:,.0f} img/s per GPU for ResNet-50's standard step at 224 px (a target, not "
+                "a measurement), scaled by forward multiply-adds, half for two passes; measure with bench/step_ratio.py")
+    several = f" (measured on {len(devices)} device models: {', '.join(sorted(devices))}; the grid runs on one)" \
+        if len(devices) > 1 else ""
+    if source == "results":
+        return f"measured rates from earlier results on {', '.join(sorted(devices))}, loader included{several}"
+    return (f"benchmark rates ({source}, {', '.join(sorted(devices))}): synthetic batches without loading or "
+            f"evaluation, so these hours are a lower bound{several}")

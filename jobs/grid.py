@@ -1,12 +1,15 @@
 """Ray Tune: a grid over any training options, one trial = one multi-worker Ray Train run.
 
-    python -m jobs.grid --recipe digits --seeds 0,1 --alpha 0,0.8,1 --workers 2      # the CPU demo
+    python -m jobs.grid --recipe digits --seeds 0,1 --alpha 0,0.8,1                   # the CPU demo
     python -m jobs.grid --recipe imagenet-resnet50 --data /mnt/imagenet --seeds 0,1,2 \\
-        --alpha 0,0.2,0.3,1 --r 0.05 --workers 8 --gpus-per-worker 1 --cpus-per-worker 10 \\
-        --experiment resnet50-paper --results s3://bucket/gnp-results                # the paper's grid
+        --alpha 0,0.2,0.3,1 --r 0.05 --cpus-per-worker 10 --results s3://bucket/gnp-results  # the paper's grid
+    python -m jobs.grid --recipe cifar10-wrn28-10 --data /data/cifar --seeds 0,1,2,3,4 \\
+        --alpha 0,0.8,1 --augmentation basic,cutout                                   # Table 1's WRN-28-10 row
     python -m jobs.grid --recipe digits --mix paper,official --clip-grad-norm none,5 --dry-run
 
 The paper's three schemes are one grid: α = 0 runs as `standard`, α = 1 as `sam`, 0 < α < 1 as `gnp`.
+The paper's recipes take 4 workers of one GPU each by default (their per-GPU batch), the embedded ones 2
+CPU workers; the experiment is named after the recipe unless --experiment names it.
 Each trial writes <results>/<experiment>/<trial_key>.parquet when it ends (ok or diverged). Running the same
 command again resumes the experiment: finished trials are not rerun, unfinished ones continue from their
 last checkpoint; more seeds, α values or values of any option extend it. Another recipe, --workers or
@@ -75,6 +78,14 @@ def remote_dataset(dataset: str, data: str, placement) -> dict:
     return found
 
 
+def check_batch(configs, dataset: dict) -> None:
+    """A global batch larger than the training set would give no step at all: refused before any trial."""
+    largest = max(c.batch_size for c in configs)
+    if largest > dataset["train_images"]:
+        raise UserError(f"--batch-size {largest} is larger than the {dataset['train_images']} training images; "
+                        "lower --batch-size")
+
+
 def check_record(args, configs, experiment: str, results: str, dataset: dict) -> dict:
     record = options.grid_record(args, configs, dataset)
     before = res.read_grid(results, experiment)
@@ -86,9 +97,8 @@ def check_record(args, configs, experiment: str, results: str, dataset: dict) ->
 
 def run(args) -> int:
     configs = options.grid_configs(args)
-    if (args.cpus_per_worker is not None and args.cpus_per_worker <= 0) or args.gpus_per_worker < 0:
-        raise UserError("--cpus-per-worker must be > 0 and --gpus-per-worker >= 0")
-    experiment = args.experiment or f"{args.recipe}-grid"
+    options.check_run_options(args)
+    experiment = args.experiment or args.recipe
     results = absolute(args.results)
     storage = absolute(args.storage or f"{results.rstrip('/')}/_ray")
     check_writable(results)
@@ -98,13 +108,14 @@ def run(args) -> int:
     if not on_cluster or args.data is None or (args.dry_run and Path(args.data).exists()):
         dataset = local_dataset(dataset_name, args.data, args.recipe)
     if dataset:
+        check_batch(configs, dataset)
         check_record(args, configs, experiment, results, dataset)
     if args.dry_run:
         from jobs.estimate import print_plan
 
         print_plan(configs, experiment=experiment, results=results, workers=args.workers,
-                   gpus_per_worker=args.gpus_per_worker,
-                   train_images=dataset["train_images"] if dataset else None)
+                   gpus_per_worker=args.gpus_per_worker, at_once=args.max_concurrent,
+                   train_images=dataset["train_images"] if dataset else datasets.get(dataset_name).train_images)
         return 0
     callbacks = logger_callbacks(args.logger, experiment)
     import ray
@@ -120,6 +131,7 @@ def run(args) -> int:
     placement = Placement(args.workers, args.gpus_per_worker, cpus)
     if dataset is None:
         dataset = remote_dataset(dataset_name, args.data, placement)
+        check_batch(configs, dataset)
     record = check_record(args, configs, experiment, results, dataset)
     todo = [c for c in configs if not res.finished_trial(results, experiment, res.trial_key(c), c.epochs)]
     concurrent = len(todo) or 1

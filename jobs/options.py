@@ -60,7 +60,7 @@ def checked(name: str, text: str):
     except UserError as err:
         message = str(err).replace(f"--{name.replace('_', '-')}", flag(name))
         raise argparse.ArgumentTypeError(message) from None
-    allowed = FIELDS[name].metadata["choices"]
+    allowed = variants.sweepable() if name == "variant" else FIELDS[name].metadata["choices"]
     if allowed and value not in allowed:
         raise argparse.ArgumentTypeError(f"{flag(name)} takes {', '.join(allowed)}; got {text!r}")
     return value
@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     ray.add_argument("--max-failures", type=int, default=3,
                      help="restarts of a trial's worker group, and retries of a trial, each from its last "
                           "checkpoint (default 3)")
-    ray.add_argument("--experiment", help="name; the same name resumes or extends it (default <recipe>-grid)")
+    ray.add_argument("--experiment", help="name; the same name resumes or extends it (default: the recipe's name)")
     ray.add_argument("--results", default="results",
                      help="folder or URI for the Parquet tables (default results)")
     ray.add_argument("--storage",
@@ -261,6 +261,19 @@ def grid_configs(args) -> list[TrainConfig]:
 def recipe_values(recipe: str) -> dict:
     """The recipe's value of every swept field but the seed: what a grid runs where no option is given."""
     return {name: getattr(RECIPES[recipe], name) for name in swept_fields() if name != "seed"}
+
+
+def check_run_options(args) -> None:
+    """The options that say how a grid runs, checked before anything starts (one line each)."""
+    if args.experiment is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", args.experiment):
+        raise UserError(f"--experiment {args.experiment!r} is not a plain name (letters, digits, '.', '_', '-', "
+                        "no '/'); it names a folder under --results")
+    if args.max_concurrent is not None and args.max_concurrent < 1:
+        raise UserError(f"--max-concurrent must be >= 1, got {args.max_concurrent}")
+    if args.max_failures < -1:
+        raise UserError(f"--max-failures must be >= 0 (or -1: unlimited), got {args.max_failures}")
+    if (args.cpus_per_worker is not None and args.cpus_per_worker <= 0) or args.gpus_per_worker < 0:
+        raise UserError("--cpus-per-worker must be > 0 and --gpus-per-worker >= 0")
 
 
 def grid_record(args, configs: list[TrainConfig], dataset: dict) -> dict:

@@ -64,6 +64,28 @@ def submit(address: str, grid_args: list[str], *, python: str = "python", wait: 
     return job_id, str(status.value)
 
 
+def check_address(address: str) -> None:
+    """The Jobs API is an http(s) URL with a host: anything else is one line, not a client traceback."""
+    from urllib.parse import urlparse
+
+    parsed = urlparse(address)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise UserError(f"--address {address!r} is not the Jobs API's URL; give one like http://127.0.0.1:8265")
+
+
+def checked_here(grid_args: list[str]) -> None:
+    """The grid's arguments, checked on this machine before anything is uploaded: every value, the
+    recipe, the product and the split over the workers (the data is checked on the cluster, where it is)."""
+    from jobs import options
+
+    try:
+        args = options.parse_args(grid_args)
+    except SystemExit as stop:  # argparse has printed its one line
+        raise UserError("the grid's arguments above are wrong; nothing was submitted") from stop
+    options.grid_configs(args)
+    options.check_run_options(args)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m jobs.submit", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -78,6 +100,8 @@ def main(argv=None) -> int:
         return 0
     grid_args = args.grid_args[1:] if args.grid_args[:1] == ["--"] else args.grid_args
     try:
+        check_address(args.address)
+        checked_here(grid_args)
         if local.token_path().exists():
             local.private_token()
         _, status = submit(args.address, grid_args, python=args.python, wait=not args.no_wait)

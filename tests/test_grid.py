@@ -140,7 +140,6 @@ def test_the_recipe_value_is_kept_where_no_option_is_given():
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--variant", "sam"], "--variant takes gnp"),
     (["--alpha", "0.5", "--r", "-1"], "r must be >= 0"),
     (["--alpha", "0.5", "--r", "0"], "r must be > 0"),
     (["--batch-size", "30", "--workers", "4"], "does not split over 4 workers"),
@@ -158,6 +157,7 @@ def test_bad_grids_are_one_line_errors(argv, message):
 
 
 @pytest.mark.parametrize("argv,message", [
+    (["--variant", "sam"], "--variant takes gnp, fgr, bgr, asam, db; got 'sam'"),  # α = 1 is SAM
     (["--model", "resnet-50"], "--model takes ResNet50, ResNet101"),
     (["--dataset", "cifar11"], "--dataset takes"),
 ])
@@ -314,11 +314,38 @@ def test_the_estimate_reads_bench_figures_and_says_when_it_has_none(tmp_path, mo
     estimate.print_plan(cfgs, experiment="e", results=str(tmp_path / "results"), train_images=1000,
                         workers=2, gpus_per_worker=0)
     out = capsys.readouterr().out
-    assert "2 trials, 2 to run: 0.00 CPU-worker-h to go" in out and "cpu (step_ratio-cpu-2026-01-01.json)" in out
+    # 2 epochs × 1000 images: standard at 1000 img/s, 2000 s; gnp at 500, 4000 s; one at a time
+    assert "2 trials, 2 to run: 0.00167 device-hours to go, 0.00167 in all; about 0.000833 h of wall time" in out
+    assert "cpu (step_ratio-cpu-2026-01-01.json)" in out and "so these hours are a lower bound" in out
     monkeypatch.setattr(estimate, "BENCH", tmp_path / "none")
     estimate.print_plan(cfgs, experiment="e", results=str(tmp_path / "results"), train_images=1000,
                         workers=2, gpus_per_worker=1)
-    assert "2 trial(s) without a measurement" in capsys.readouterr().out
+    out = capsys.readouterr().out  # a GPU grid without measurements: the target, scaled, and said so
+    assert out.count("assumed (a target scaled by FLOPs)") == 2 and "(a target, not a measurement)" in out
+    unknown = [c.replace(model="resnet18", image_size=32) for c in cfgs]  # no multiply-adds on record at 32 px
+    estimate.print_plan(unknown, experiment="e", results=str(tmp_path / "results"), train_images=1000,
+                        workers=2, gpus_per_worker=1)
+    assert "2 trial(s) without a rate" in capsys.readouterr().out
+
+
+def test_the_assumed_rate_scales_the_target_by_multiply_adds_and_passes():
+    standard = estimate.assumed_rate(get_recipe("imagenet-resnet50", variant="standard", alpha=0.0, r=0.0))
+    gnp = estimate.assumed_rate(get_recipe("imagenet-resnet101", alpha=0.3))
+    assert standard["per_device"] == estimate.TARGET
+    assert gnp["per_device"] == pytest.approx(estimate.TARGET * 4.089 / 7.801 / 2)
+    # the grid's 12 ResNet-50 trials at the target: the 249 device-hours the README quotes
+    hours = [100 * 1_281_167 / estimate.assumed_rate(c)["per_device"] / 3600
+             for c in configs("--recipe", "imagenet-resnet50", "--seeds", "0,1,2", "--alpha", "0,0.2,0.3,1")]
+    assert round(sum(hours)) == 249
+    assert estimate.wall_hours([3.0, 5.9, 5.9, 3.0], 2) == pytest.approx(8.9)
+
+
+def test_every_registered_network_has_its_multiply_adds_on_record():
+    from gnp.models import REGISTRY
+    from gnp.recipes import RECIPES
+
+    assert {(c.model, c.image_size) for c in RECIPES.values()} <= set(estimate.GMACS)
+    assert {m for m, _ in estimate.GMACS} == set(REGISTRY)
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -340,7 +367,7 @@ def test_the_dry_run_prints_the_trials_and_exits_before_ray(tmp_path):
     assert out.returncode == 0, out.stderr
     lines = out.stdout.strip().splitlines()
     assert lines[-1] == "False" and "38f5bb4e1e26-s1" in out.stdout
-    assert lines[-2].startswith("4 trials, 4 to run")
+    assert lines[-3].startswith("4 trials, 4 to run") and "lower bound" in lines[-2]
     assert not (tmp_path / "r").exists()
 
 

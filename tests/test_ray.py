@@ -184,6 +184,26 @@ def test_a_grid_writes_one_file_per_trial_grows_by_new_seeds_and_a_rerun_adds_no
     assert len(parquet_rows(folder)) == 8
 
 
+def test_a_cifar_grid_sweeping_two_options_reaches_the_table_and_the_rows(cluster, tmp_path, capsys):
+    """The CIFAR path in Ray workers (the embedded digits in CIFAR's format, tensors, no loader processes),
+    sweeping the augmentation and the mix: the printed table and the pandas rows tell all four apart."""
+    import analysis
+
+    assert grid.main(["--recipe", "digits-cifar", "--batch-size", "32", "--workers", "2", "--cpus-per-worker",
+                      "0.49", "--results", str(tmp_path / "results"), "--seeds", "0", "--alpha", "0.8",
+                      "--epochs", "1", "--augmentation", "basic,cutout", "--mix", "paper,official",
+                      "--experiment", "swept"]) == 0
+    printed = capsys.readouterr().out
+    assert "| Model | Data | mix | Scheme |" in printed
+    for augmentation in ("basic", "cutout"):
+        assert f"| smallcnn | digits-cifar ({augmentation}) | official | GNP | 0.8 | 0.05 |" in printed
+    assert printed.count("| paper | GNP | 0.8 | 0.05 |") == 2
+    df = analysis.load_results(tmp_path / "results" / "swept")
+    assert sorted(set(zip(df["augmentation"], df["mix"], strict=True))) == [
+        ("basic", "official"), ("basic", "paper"), ("cutout", "official"), ("cutout", "paper")]
+    assert (df["status"] == "ok").all() and (df["val_images"] == 360).all()
+
+
 def test_rows_record_the_dataset_and_the_trial_time_and_another_dataset_or_workers_is_refused(
         cluster, tmp_path, capsys):
     base = ["--seeds", "0", "--alpha", "0.8", "--epochs", "1", "--experiment", "d"]
