@@ -7,10 +7,12 @@
 # 2. bench/step_ratio.py, ResNet-50 bf16 channels_last,
 #    eager and compiled                                        -> step_ratio.log, step_ratio-*.json
 # 3. bench/pipeline.py: the loader alone and the whole loop    -> pipeline.log, pipeline-*.json
+# 4. bench/cifar_data.py on the GPU: CIFAR's device-side data
+#    path against a WRN-16-4 step                              -> cifar_data.log, cifar_data-*.json
 #
 # Each step runs under its own time limit and the next runs whatever happened; summary.txt lists their
 # exit codes (124: the time limit) and the script exits non-zero if any failed. The pipeline step reads the
-# GPU rates that step 2 wrote. Limits in seconds: TESTS_S, STEP_RATIO_S, PIPELINE_S; loader processes:
+# GPU rates that step 2 wrote. Limits in seconds: TESTS_S, STEP_RATIO_S, PIPELINE_S, CIFAR_DATA_S; loader processes:
 # LOADER_WORKERS (default: CPUs - 4).
 set -u
 cd "$(dirname "$0")/.."
@@ -54,6 +56,9 @@ run step_ratio "${STEP_RATIO_S:-220}" "$py" bench/step_ratio.py --model ResNet50
 run pipeline "${PIPELINE_S:-160}" "$py" bench/pipeline.py --workers "1,$workers" --train \
     --train-workers "$workers" --batch 256 --steps 30 --rates "$out" --json "$out" \
     --note "bench/gpu.sh on ${HOSTNAME:-a GPU machine}"
+
+run cifar_data "${CIFAR_DATA_S:-90}" "$py" bench/cifar_data.py --device cuda \
+    --augmentations basic,cutout,mixcut,autoaugment+mixcut --json "$out"
 
 echo "results in $out" | tee -a "$out/summary.txt"
 exit $status
