@@ -46,7 +46,7 @@ CIFAR_PAPER_GRID = --recipe $(CIFAR_RECIPE) --data $(DATA) $(if $(PYRAMIDNET),$(
 CIFAR_GRID = $(or $(GRID),$(if $(DATA),$(CIFAR_PAPER_GRID),$(CIFAR_DEMO_GRID)))
 COMMON_ARGS = --results $(RESULTS) $(if $(DRY_RUN),--dry-run)
 
-.PHONY: install test test-oldest test-gpu imagenet cifar train tables lint bench submit clean
+.PHONY: install test test-oldest test-gpu imagenet cifar train tables lint bench submit local-cluster local-cluster-stop clean
 
 install: $(VENV)/.installed
 
@@ -87,6 +87,16 @@ cifar: $(VENV)/.installed
 submit: $(VENV)/.installed
 	RAY_AUTH_MODE=token $(PY) -m jobs.submit --address $(ADDRESS) --python $(CLUSTER_PYTHON) -- $(IMAGENET_GRID) \
 		$(COMMON_ARGS)
+
+# A local Ray cluster to try `make submit` on: every process of it on 127.0.0.1 only, this project's 0600 token
+# (~/.ray/auth_token), the dashboard and Jobs API at http://127.0.0.1:8265 (ADDRESS's default), jobs run by
+# .venv/bin/python, its files in $GNP_CACHE (default ~/.cache/gnp-ray)/cluster. The stop ends that cluster's
+# processes only (never `ray stop`, which stops every Ray cluster of this user).
+local-cluster: $(VENV)/.installed
+	$(PY) -m jobs.local start
+
+local-cluster-stop:
+	$(PY) -m jobs.local stop
 
 train: $(VENV)/.installed
 	$(PY) -m gnp.train $(ARGS)

@@ -5,10 +5,10 @@
 The working tree is uploaded without the environments, .git, build outputs, results, runs and data, with
 the code's version (computed here, where the command is typed: the cluster has no .git) for the rows. The
 job runs `--python` on the cluster, which must have this project's environment: the cluster images
-(cluster/) do; a local cluster does when started from the project's environment, `PATH=$PWD/.venv/bin:$PATH
-.venv/bin/ray start --head ...` (README). Reach a remote dashboard through `make cluster-dashboard` or
-`kubectl port-forward`, never an open port. With token auth on (Ray's default for `ray start`), the token
-is read from ~/.ray/auth_token (RAY_AUTH_MODE=token).
+(cluster/) do; so does the local one `make local-cluster` starts (jobs.local: 127.0.0.1 only, this project's
+token, .venv/bin first on its PATH), whose Jobs API is --address's default. Reach a remote dashboard through
+`make cluster-dashboard` or `kubectl port-forward`, never an open port. With token auth on (Ray's default for
+`ray start`), the token is read from ~/.ray/auth_token (RAY_AUTH_MODE=token).
 """
 
 import argparse
@@ -60,7 +60,7 @@ def submit(address: str, grid_args: list[str], *, python: str = "python", wait: 
     print(f"job {job_id}: {status.value}", flush=True)
     if status != JobStatus.SUCCEEDED and "No module named" in logs:
         print(f"error: `{python}` on the cluster lacks this project's environment; start the cluster from it "
-              "(PATH=$PWD/.venv/bin:$PATH .venv/bin/ray start --head ...) or pass --python", file=sys.stderr)
+              "(a local one: `make local-cluster`) or pass --python", file=sys.stderr)
     return job_id, str(status.value)
 
 
@@ -110,7 +110,8 @@ def main(argv=None) -> int:
         return 2
     except ConnectionError as err:
         print(f"error: cannot reach the Ray Jobs API at {args.address} ({err}); start port forwarding with "
-              "`make cluster-dashboard` (or kubectl port-forward) or check --address", file=sys.stderr)
+              "`make cluster-dashboard` (or kubectl port-forward), start the local cluster with `make "
+              "local-cluster`, or check --address", file=sys.stderr)
         return 2
     return 0 if status in ("SUCCEEDED", "SUBMITTED") else 1
 

@@ -9,7 +9,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,7 @@ from gnp.dataset_id import dataset_identity
 from gnp.recipes import get_recipe
 from jobs import grid
 from jobs import results as res
+from jobs.local import free_port, stop, tree
 from jobs.submit import submit
 from jobs.trial import Placement, TrialClock, fit_trial, rows_of, train_loop_per_worker
 
@@ -37,65 +37,6 @@ ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers can't
 BIN = Path(sys.executable).parent
 FAST = dict(batch_size=32, loader_workers=0)
 PLACEMENT = Placement(workers=2, gpus_per_worker=0, cpus_per_worker=0.99)
-
-
-def processes() -> dict[int, tuple[int, str]]:
-    """pid -> (parent pid, command line) of every process, from /proc."""
-    found = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                raw = Path(f"/proc/{entry}/cmdline").read_bytes()
-                cmd = raw.replace(b"\0", b" ").decode("utf-8", "replace")
-                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            found[int(entry)] = (ppid, cmd)
-    return found
-
-
-def tree(roots) -> set[int]:
-    """The processes `roots` and all their descendants."""
-    table, found = processes(), set(roots)
-    while True:
-        more = {pid for pid, (ppid, _) in table.items() if ppid in found} - found
-        if not more:
-            return found
-        found |= more
-
-
-def alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
-def stop(*markers: str, sig=signal.SIGTERM, grace_s: float = 5) -> None:
-    """Stop the processes whose command line holds one of `markers` (a temp dir, a port) and their
-    descendants: only what a test started."""
-    pids = tree(pid for pid, (_, cmd) in processes().items()
-                if any(m in cmd for m in markers) and pid != os.getpid())
-    for pid in pids:
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + grace_s
-    while pids and time.monotonic() < deadline:
-        pids = {pid for pid in pids if alive(pid)}
-        time.sleep(0.2)
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
