@@ -31,8 +31,8 @@ PAPER_GRID = --recipe $(IMAGENET_RECIPE) --data $(DATA) --seeds 0,1,2 --alpha 0,
 IMAGENET_GRID = $(or $(GRID),$(if $(DATA),$(PAPER_GRID),$(DEMO_GRID)))
 
 # The CIFAR demo on the embedded digits in CIFAR's format (no DATA): 2 seeds x (standard, GNP, SAM) x the
-# basic and cutout augmentations (Table 1's two columns), 2 CPU workers each, two trials at once.
-CIFAR_DEMO_GRID = --recipe digits-cifar --seeds 0,1 --alpha 0,0.8,1 --r 0.05 --augmentation basic,cutout \
+# basic and cutout augmentations (Table 1's two columns), 10 epochs, 2 CPU workers each, two trials at once.
+CIFAR_DEMO_GRID = --recipe digits-cifar --seeds 0,1 --alpha 0,0.8,1 --r 0.05 --augmentation basic,cutout --epochs 10 \
 	--workers 2 --cpus-per-worker 0.49 $(EXPERIMENT_ARG)
 # The paper's CIFAR grid for RECIPE (DATA given; default cifar10-wrn28-10): 5 seeds (PyramidNet 3) x
 # alpha in {0, 0.8, 1} at the scripts' r = 0.1 x basic and cutout (PyramidNet: its AutoAugment + mixcut),
