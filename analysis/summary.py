@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from analysis.errors import AnalysisError
-from analysis.schema import STATUSES
+from analysis.schema import RESULT_SCHEMA, STATUSES
 from gnp import variants
 from gnp.config import FIELDS, RUNTIME
 from gnp.config import value_text as option_text
@@ -25,7 +25,7 @@ def option_columns(frame: pd.DataFrame) -> list[str]:
     """The configuration fields beyond the block, variant, α and r that vary in `frame` (load_results adds
     a column for each from the rows' `config`; epochs has its own): like another model, each of their
     values makes a block of its own in every table, comparison and figure."""
-    fixed = {*BLOCK, *CORE, *RUNTIME}
+    fixed = {*BLOCK, *CORE, *RUNTIME, *(set(RESULT_SCHEMA.names) - {"epochs"})}  # lr there is the epoch's
     return [name for name in FIELDS if name not in fixed and name in frame.columns
             and frame[name].map(option_text).nunique() > 1]
 
