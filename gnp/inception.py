@@ -87,35 +87,29 @@ def distorted_box(height: int, width: int, size: int, uniform_float=_uniform_flo
     return central_box(height, width, size)
 
 
-class InceptionCrop(torch.nn.Module):
-    """Training: the distorted-box crop of a PIL image, resized size × size (bicubic)."""
+class BoxCrop(torch.nn.Module):
+    """A crop box of a PIL image (`get_params`), resized size × size with bicubic interpolation."""
 
     interpolation = InterpolationMode.BICUBIC
 
     def __init__(self, size: int):
         super().__init__()
         self.size = size
+
+    def forward(self, image):
+        width, height = image.size
+        return F.resized_crop(image, *self.get_params(height, width), [self.size, self.size], self.interpolation)
+
+
+class InceptionCrop(BoxCrop):
+    """Training: the distorted-box crop."""
 
     def get_params(self, height: int, width: int) -> tuple[int, int, int, int]:
         return distorted_box(height, width, self.size)
 
-    def forward(self, image):
-        width, height = image.size
-        return F.resized_crop(image, *self.get_params(height, width), [self.size, self.size], self.interpolation)
 
-
-class CentralCrop(torch.nn.Module):
-    """Evaluation: the centred size/(size + 32) square of the shorter side, resized size × size (bicubic)."""
-
-    interpolation = InterpolationMode.BICUBIC
-
-    def __init__(self, size: int):
-        super().__init__()
-        self.size = size
+class CentralCrop(BoxCrop):
+    """Evaluation: the centred size/(size + 32) square of the shorter side."""
 
     def get_params(self, height: int, width: int) -> tuple[int, int, int, int]:
         return central_box(height, width, self.size)
-
-    def forward(self, image):
-        width, height = image.size
-        return F.resized_crop(image, *self.get_params(height, width), [self.size, self.size], self.interpolation)
