@@ -110,9 +110,10 @@ def print_plan(configs: list[TrainConfig], *, experiment: str, results: str, tra
     widths = {name: max(len(name), *(len(value_text(getattr(c, name))) for c in configs)) for name in options}
     print(f"{'trial key':<19} {'scheme':<9} {'α':>6} {'r':>6} " + "".join(f"{n:<{w}} " for n, w in widths.items())
           + f"{'seed':>4}  {'finished':<8} {'images':>9} {'img/s/dev':>10} {'device-h':>9}  rate from")
-    total, todo, missing, sources, wall = 0.0, 0.0, 0, {}, []
+    total, todo, missing, to_run, sources, wall = 0.0, 0.0, 0, 0, {}, []
     for cfg in configs:
         done = res.finished_trial(results, experiment, trial_key(cfg), cfg.epochs)
+        to_run += not done
         rate = rate_for(cfg, on_gpu, rates) or (assumed_rate(cfg) if on_gpu else None)
         images = cfg.epochs * train_images if train_images else None
         hours = images / rate["per_device"] / 3600 if rate and images else None
@@ -131,7 +132,7 @@ def print_plan(configs: list[TrainConfig], *, experiment: str, results: str, tra
     print(packing(configs, workers, gpus_per_worker))
     at_once = at_once or (max(1, int(8 // (workers * gpus_per_worker))) if on_gpu else 1)
     without = f"; {missing} trial(s) without a rate" if missing else ""
-    print(f"{len(configs)} trials, {len(wall) + missing} to run: {todo:.3g} device-hours to go, {total:.3g} in all; "
+    print(f"{len(configs)} trials, {to_run} to run: {todo:.3g} device-hours to go, {total:.3g} in all; "
           f"about {wall_hours(wall, at_once):.3g} h of wall time with {at_once} trial(s) at once "
           f"(--max-concurrent){without}")
     for source, devices in sources.items():
