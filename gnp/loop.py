@@ -78,15 +78,24 @@ def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None
 
 
 def lr_lambda(cfg: TrainConfig, steps_per_epoch: int):
-    """Linear warm-up, then cosine decay to zero, per step."""
+    """Per step, as the official code's optax.warmup_cosine_decay_schedule: linear from 0 (the first step's
+    learning rate is 0) to the peak over the warm-up, then cosine decay to zero over the remaining steps."""
     total, warmup = cfg.epochs * steps_per_epoch, cfg.warmup_epochs * steps_per_epoch
 
     def factor(step):
         if step < warmup:
-            return (step + 1) / warmup
+            return step / warmup
         return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
     return factor
+
+
+def base_optimizer(cfg: TrainConfig) -> tuple[type[torch.optim.Optimizer], dict]:
+    """(class, its settings) of the optimizer the regularizer wraps. Weight decay is the wrapper's: an L2 term
+    inside the gradients, or handed to this optimizer (decoupled for AdamW, on every parameter as optax.adamw)."""
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW, dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
+    return torch.optim.SGD, dict(lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
 
 
 def regularizes(cfg: TrainConfig, epoch: int, step: int, total_steps: int) -> bool:
@@ -167,7 +176,8 @@ class Run:
             world=self.world, seed=cfg.seed, device=self.device, decode=cfg.decode,
         )
         self.memory_format = torch.channels_last if cfg.channels_last and cuda else torch.contiguous_format
-        self.model = build_model(cfg.model, self.num_classes, cfg.image_size).to(self.device, memory_format=self.memory_format)
+        self.model = build_model(cfg.model, self.num_classes, cfg.image_size, drop_path=cfg.drop_path,
+                                 patch_size=cfg.patch_size).to(self.device, memory_format=self.memory_format)
         torch.manual_seed(rank_seed(cfg.seed, self.rank))
         forward = torch.compile(self.model) if cfg.compile else self.model
         self.ddp = forward
@@ -175,12 +185,13 @@ class Run:
             self.ddp = data_parallel(forward, self.device)
         self.amp_dtype = autocast_dtype(cfg, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        base, settings = base_optimizer(cfg)
         self.optimizer = GNP(
-            self.ddp.parameters(), torch.optim.SGD, alpha=cfg.alpha, r=cfg.r, variant=cfg.variant,
+            self.ddp.parameters(), base, alpha=cfg.alpha, r=cfg.r, variant=cfg.variant,
             mix=cfg.mix, weight_decay=cfg.weight_decay, weight_decay_mode=cfg.weight_decay_mode,
             model=self.ddp, sync_perturbation=cfg.sync_perturbation, same_dropout_masks=cfg.same_dropout_masks,
             clip_grad_norm=cfg.clip_grad_norm, grad_scaler=self.scaler if self.scaler.is_enabled() else None,
-            variant_options=cfg.variant_options, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+            variant_options=cfg.variant_options, **settings,
         )
         self.steps_per_epoch = len(self.train_loader)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
