@@ -17,8 +17,9 @@ from gnp.errors import UserError
 class Model:
     name: str
     summary: str
-    build: Callable  # (num_classes, image_size) -> torch.nn.Module; imports torch when called
+    build: Callable  # (num_classes, image_size, **options) -> torch.nn.Module; imports torch when called
     source: str  # "official" (the official JAX code), "torchvision" or "gnp-ray"
+    options: tuple[str, ...] = ()  # the config fields the network takes (drop_path, patch_size)
 
 
 def _official_resnet(depth):
@@ -49,6 +50,15 @@ def _cifar(module, function, *args):
     return build
 
 
+def _vit(size):
+    def build(num_classes, image_size, **options):
+        from gnp.nets.vit import vit
+
+        return vit(size, num_classes, image_size, **options)
+
+    return build
+
+
 def _torchvision(name):
     def build(num_classes, image_size):
         import torchvision
@@ -71,6 +81,8 @@ def _small_cnn(num_classes, image_size):
     )
 
 
+VIT_OPTIONS = ("drop_path", "patch_size")
+
 REGISTRY: dict[str, Model] = {
     m.name: m
     for m in (
@@ -86,12 +98,17 @@ REGISTRY: dict[str, Model] = {
               _cifar("shakeshake", "wrn26_shakeshake_2x96d"), "official"),
         Model("PyramidNet_272_200_ShakeDrop", "PyramidNet-272 (α = 200, bottleneck) with ShakeDrop for CIFAR, the "
               "official code's", _cifar("pyramidnet", "pyramidnet_shakedrop", 272, 200), "official"),
+        Model("ViT_TI16", "ViT-Ti (192 wide, 12 layers, 3 heads), the official code's, built with timm; 4-px "
+              "patches for 10/100 classes, 16-px for 1,000", _vit("ti"), "official", VIT_OPTIONS),
+        Model("ViT_S16", "ViT-S (384 wide, 12 layers, 6 heads), as ViT_TI16", _vit("s"), "official", VIT_OPTIONS),
         Model("resnet18", "torchvision's ResNet-18", _torchvision("resnet18"), "torchvision"),
         Model("resnet50", "torchvision's ResNet-50 (stem conv → BN → ReLU → max-pool, its default init)",
               _torchvision("resnet50"), "torchvision"),
         Model("resnet101", "torchvision's ResNet-101", _torchvision("resnet101"), "torchvision"),
         Model("vgg16_bn", "torchvision's VGG16-BN (adaptive 7×7 pooling, N(0, 0.01) dense init)",
               _torchvision("vgg16_bn"), "torchvision"),
+        Model("vit-digits", "ViT_TI16's network at 4 layers of 64 (4 heads): the embedded digits' ViT, small "
+              "enough for two CPU cores", _vit("digits"), "gnp-ray", VIT_OPTIONS),
         Model("smallcnn", "a small conv net for the embedded digits (three conv-BN-ReLU stages)", _small_cnn,
               "gnp-ray"),
     )
@@ -105,6 +122,8 @@ def get(name: str) -> Model:
         raise UserError(f"unknown model {name!r}; choose one of: {', '.join(REGISTRY)}") from None
 
 
-def build_model(name: str, num_classes: int, image_size: int):
-    """The named network, randomly initialized (the caller seeds torch first)."""
-    return get(name).build(num_classes, image_size)
+def build_model(name: str, num_classes: int, image_size: int, **options):
+    """The named network, randomly initialized (the caller seeds torch first); `options` are the config
+    fields it takes (Model.options), the others are left out."""
+    model = get(name)
+    return model.build(num_classes, image_size, **{k: v for k, v in options.items() if k in model.options})
