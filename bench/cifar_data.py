@@ -1,13 +1,16 @@
 """The CIFAR data path against the model's step: does augmenting on the training device ever starve it?
 
     .venv/bin/python bench/cifar_data.py --json bench/results                 # this CPU, one thread
+    .venv/bin/python bench/cifar_data.py --augmentations basic,heavy --steps 5  # heavy against basic
     PYTHONPATH=. python3 bench/cifar_data.py --device cuda --json "$OUT"      # a GPU: the device-side rate
 
 Side by side on one device (one thread on a CPU): images/s through gnp.batches.TrainBatches for each preset
-asked for (50,000 random 32×32 images, a global batch of 256, one rank), and a training step of a small
+asked for (50,000 random 32×32 images, a global batch of 256, one rank; a resizing preset, `heavy`, out at
+--resize, the ViT recipes' 48), and a training step of a small
 WRN (WRN-16-4, 2.7M parameters) at the same batch, standard and GNP (two passes), steps alternating so that
 machine noise hits both alike. The ratio, data rate over step rate, is how many times faster the data path
-is than what consumes it; it must be at least 20.
+is than what consumes it; it must be at least 20 (for `heavy` a bound: a ViT at 48 px, its consumer, is
+slower than the WRN at 32).
 """
 
 import argparse
@@ -19,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from figures import cpu_model, write_figures
 
-from gnp import batches
+from gnp import batches, datasets
 from gnp.nets.wrn import wide_resnet
 from gnp.optim import GNP
 
@@ -31,10 +34,11 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def data_rate(split, augmentation, batch, steps, device) -> float:
+def data_rate(split, augmentation, batch, steps, device, image_size=32) -> float:
     """Images/s of the augmented batches (median over `steps` batches after a warm-up one)."""
     loader = batches.TrainBatches(split, batch_size=batch, rank=0, world=1, seed=0, augmentation=augmentation,
-                                  mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), classes=CLASSES)
+                                  mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), classes=CLASSES,
+                                  image_size=image_size)
     times, it = [], iter(loader)
     next(it)
     for _ in range(steps):
@@ -78,7 +82,8 @@ def main():
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--augmentations", default="basic,cutout,mixcut")
+    p.add_argument("--augmentations", default="basic,cutout,mixcut,heavy")
+    p.add_argument("--resize", type=int, default=48, help="image_size of the resizing presets (heavy)")
     p.add_argument("--json", help="folder to write the figures to as JSON")
     args = p.parse_args()
     device = torch.device(args.device)
@@ -91,9 +96,11 @@ def main():
     figures = dict(device=where, torch=torch.__version__, date=datetime.date.today().isoformat(), args=vars(args),
                    model="WRN-16-4", step_img_s=steps, data_img_s={})
     for augmentation in args.augmentations.split(","):
-        rate = data_rate(split, augmentation, args.batch, args.steps, device)
+        size = args.resize if augmentation in datasets.RESIZING_AUGMENTATIONS else 32
+        rate = data_rate(split, augmentation, args.batch, args.steps, device, size)
         figures["data_img_s"][augmentation] = rate
-        print(f"{augmentation:>10}: data {rate:9.0f} img/s = {rate / steps['standard']:6.1f}x a standard step "
+        print(f"{augmentation:>10}: data {rate:9.0f} img/s ({1000 * args.batch / rate:6.1f} ms a batch, {size} px) "
+              f"= {rate / steps['standard']:6.1f}x a standard step "
               f"({steps['standard']:.0f} img/s), {rate / steps['gnp']:6.1f}x a GNP step ({steps['gnp']:.0f} img/s) "
               f"[{where}]", flush=True)
     if args.json:

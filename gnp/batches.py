@@ -9,6 +9,9 @@ batch, zeros after normalization). Under DDP each rank holds a contiguous part o
 each device does in the official code, and computes its mixup partners itself (every rank holds the whole
 split), so the batch-level operations see the global batch as there.
 
+The `heavy` preset is the paper's ViT-on-CIFAR augmentation (resize to 72, flip, rotation, zoom, crop,
+resize to the recipe's image_size), which the official code does not have: its magnitudes are ours (HEAVY).
+
 Every draw is a pure function of (seed, epoch, sample index), or of (seed, epoch, global batch index) for
 the batch-level ones: a counter-based hash computed on the device, the same on a CPU and a GPU, whatever
 the number of ranks, and after any restart.
@@ -20,16 +23,24 @@ import torch
 import torch.nn.functional as F
 
 from gnp.data import derived_seed
+from gnp.datasets import RESIZING_AUGMENTATIONS
 
 MASK = 0xFFFFFFFF
 PAD, CUTOUT = 4, 16  # the official random_crop_pad and cutout_length
 SAMPLE_COLUMNS = 5  # flip, crop row, crop column, and a per-image cutout's centre (row, column)
+# The paper (Zhao et al. 2022, ViT on CIFAR) names heavy's steps but no magnitudes; these are our assumptions:
+# resize, rotation (±turns) and zoom (1 ± zoom per axis, independently) are Keras' "Image classification with
+# Vision Transformer" example, which the paper's pipeline follows (Resizing(72, 72), RandomFlip("horizontal"),
+# RandomRotation(0.02), RandomZoom(0.2, 0.2), fill "reflect"); the 64-px crop of the 72 is our choice.
+HEAVY = dict(resize=72, rotation_turns=0.02, zoom=0.2, crop=64)
+HEAVY_COLUMNS = 6  # flip, rotation, zoom of the rows, zoom of the columns, crop row, crop column
 PRESETS = {  # preset: (image level, batch level)
     "none": ((), ()), "basic": (("basic",), ()), "cutout": (("basic",), ("cutout",)),
     "cutout-per-image": (("basic",), ("cutout-per-image",)), "mixup": (("basic",), ("mixup",)),
     "mixcut": (("basic",), ("mixup", "cutout")), "cutmix": (("basic",), ("cutmix",)),
     "autoaugment": (("autoaugment", "basic"), ()),
     "autoaugment+mixcut": (("autoaugment", "basic"), ("mixup", "cutout")),
+    "heavy": (("heavy",), ()),
 }
 
 
@@ -82,6 +93,39 @@ def basic(images: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
     return out.gather(3, cols[:, None, None, :].expand(n, c, h, w))
 
 
+def resize(images: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 images to float ones of size × size in [0, 255], bilinear without antialias (Keras' Resizing).
+    Resized channels-last, the same values by CPU's vectorized kernel (4× NCHW's here), handed back NCHW."""
+    images = images.float().contiguous(memory_format=torch.channels_last)
+    return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=False).contiguous()
+
+
+def heavy(images: torch.Tensor, draws: torch.Tensor, size: int) -> torch.Tensor:
+    """The paper's heavy augmentation, uint8 in, float (N, 3, size, size) in [0, 255] out: a bilinear resize to
+    HEAVY's 72, then flip, rotation, zoom, the 64-px crop and the resize to `size` as one bilinear resampling
+    (one affine grid, not a blur per step), points outside the image reflected (Keras' fill "reflect"). Per
+    image: flip if draws[:, 0] < 0.5; an angle of (2·draws[:, 1] − 1)·0.02 turns, counter-clockwise on screen
+    when positive (Keras'); zooms 1 + (2·draws[:, 2:4] − 1)·0.2 of (rows, columns), above 1 zooming out
+    (Keras'); the crop at pixel (row, column) ⌊9·draws[:, 4:6]⌋ of the 72 (integer offsets, as TF's
+    random_crop)."""
+    side, crop = HEAVY["resize"], HEAVY["crop"]
+    big = resize(images, side)
+    # theta maps an output point (x, y) to its source in `big`, both in [-1, 1] (x right, y down): into the
+    # crop window (a scale crop/side and a shift), then through zoom, rotation and flip, each output-to-input
+    sign = torch.where(draws[:, 0] < 0.5, -1.0, 1.0).to(draws)
+    angle = (2 * draws[:, 1] - 1) * (HEAVY["rotation_turns"] * 2 * math.pi)
+    zoom_y, zoom_x = (1 + (2 * draws[:, 2:4] - 1) * HEAVY["zoom"]).unbind(1)
+    shift_y, shift_x = ((2 * (draws[:, 4:6] * (side - crop + 1)).floor() - (side - crop)) / side).unbind(1)
+    cos, sin, scale = angle.cos(), angle.sin(), crop / side
+    a, b = sign * cos * zoom_x, -sign * sin * zoom_y  # flip · rotation · zoom = [[a, b], [c, d]]
+    c, d = sin * zoom_x, cos * zoom_y
+    theta = torch.stack([a * scale, b * scale, a * shift_x + b * shift_y,
+                         c * scale, d * scale, c * shift_x + d * shift_y], 1).view(-1, 2, 3).to(big.dtype)
+    grid = F.affine_grid(theta, [len(images), images.shape[1], size, size], align_corners=False)
+    out = F.grid_sample(big, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    return out.clamp_(0, 255)  # bilinear weights summing to 1 + ε must not step outside the pixel range
+
+
 def box_mask(height: int, width: int, centre_row, centre_col, size_row, size_col) -> torch.Tensor:
     """(n, 1, h, w) bool: the box of size_row × size_col around each centre (TF's cutout convention:
     rows [cy − ⌊s/2⌋, cy + ⌊s/2⌋)), clipped at the edges."""
@@ -109,6 +153,8 @@ class Split:
 
 
 class Normalize:
+    """(x − 255·mean)/(255·std) of uint8 images, or of float ones in [0, 255] (those in place)."""
+
     def __init__(self, mean, std, device):
         self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255
@@ -118,13 +164,19 @@ class Normalize:
 
 
 class TrainBatches:
-    """One epoch of this rank's part of every global batch (the last partial one dropped), augmented."""
+    """One epoch of this rank's part of every global batch (the last partial one dropped), augmented; images of
+    `image_size` (only a resizing preset, datasets.RESIZING_AUGMENTATIONS, changes the split's own size)."""
 
     def __init__(self, split: Split, *, batch_size: int, rank: int, world: int, seed: int, augmentation: str,
-                 mean, std, classes: int):
+                 mean, std, classes: int, image_size: int = 32):
         if len(split) < batch_size * world:
             raise ValueError(f"{len(split)} training images are fewer than one global batch ({batch_size * world})")
+        native = split.images.shape[-1]
+        if image_size != native and augmentation not in RESIZING_AUGMENTATIONS:
+            raise ValueError(f"augmentation {augmentation!r} keeps the {native}×{native} images, not image_size "
+                             f"{image_size}; resizing ones: {', '.join(RESIZING_AUGMENTATIONS)}")
         self.split, self.batch, self.rank, self.world, self.seed = split, batch_size, rank, world, seed
+        self.image_size = image_size
         self.image_ops, self.batch_ops = PRESETS[augmentation]
         self.normalize, self.classes, self.epoch = Normalize(mean, std, split.images.device), classes, 0
         if "autoaugment" in self.image_ops:
@@ -147,6 +199,9 @@ class TrainBatches:
             images = self.autoaugment.autoaugment(images, draws)
         if "basic" in self.image_ops:
             images = basic(images, uniforms(key, indices, SAMPLE_COLUMNS))
+        if "heavy" in self.image_ops:
+            draws = uniforms(derived_seed(self.seed, self.epoch, 4), indices, HEAVY_COLUMNS)
+            images = heavy(images, draws, self.image_size)
         return self.normalize(images)
 
     def __iter__(self):
@@ -198,10 +253,12 @@ class TrainBatches:
 
 
 class EvalBatches:
-    """Every test image exactly once across the ranks (rank, rank + world, ...), normalized, in order."""
+    """Every test image exactly once across the ranks (rank, rank + world, ...), normalized, in order; resized
+    to `image_size` where that is not the split's own size (the size a resizing preset trains at)."""
 
-    def __init__(self, split: Split, *, batch_size: int, rank: int, world: int, mean, std):
+    def __init__(self, split: Split, *, batch_size: int, rank: int, world: int, mean, std, image_size: int = 32):
         self.split, self.batch = split, batch_size
+        self.image_size = None if image_size == split.images.shape[-1] else image_size
         self.indices = torch.arange(rank, len(split), world, device=split.images.device)
         self.normalize = Normalize(mean, std, split.images.device)
 
@@ -210,4 +267,7 @@ class EvalBatches:
 
     def __iter__(self):
         for chunk in self.indices.split(self.batch):
-            yield self.normalize(self.split.images[chunk]), self.split.labels[chunk]
+            images = self.split.images[chunk]
+            if self.image_size is not None:
+                images = resize(images, self.image_size)
+            yield self.normalize(images), self.split.labels[chunk]

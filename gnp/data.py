@@ -156,9 +156,9 @@ def dataset_loaders(spec: datasets.Dataset, root: Path, *, image_size, augmentat
                             f"({batch_size * world}); lower --batch-size")
         train = batches.TrainBatches(batches.Split(*data["train"], device), batch_size=batch_size, rank=rank,
                                      world=world, seed=seed, augmentation=augmentation, mean=spec.mean,
-                                     std=spec.std, classes=len(data["classes"]))
+                                     std=spec.std, classes=len(data["classes"]), image_size=image_size)
         val = batches.EvalBatches(batches.Split(*data["test"], device), batch_size=batch_size, rank=rank,
-                                  world=world, mean=spec.mean, std=spec.std)
+                                  world=world, mean=spec.mean, std=spec.std, image_size=image_size)
         return train, val, len(data["classes"])
     return build_loaders(root, image_size=image_size, augmentation=augmentation, batch_size=batch_size,
                          workers=workers, rank=rank, world=world, seed=seed, pin_memory=device.type == "cuda",

@@ -63,7 +63,11 @@ CIFAR_AUGMENTATIONS = {
     "cutmix": "basic, then CutMix: a box of 1 − λ of the image from the reversed batch, labels by area",
     "autoaugment": "the official AutoAugment CIFAR policy on each image, then basic",
     "autoaugment+mixcut": "autoaugment, then mixup, then cutout (the official PyramidNet recipe)",
+    "heavy": "the paper's ViT augmentation: resize to 72, flip, rotation ±0.02 turns, zoom 0.8–1.2 per axis, "
+             "a random 64×64 crop, resize to image_size, reflect fill (magnitudes assumed, from Keras' ViT "
+             "example; the paper gives none); evaluation resizes to image_size",
 }
+RESIZING_AUGMENTATIONS = ("heavy",)  # the presets that train at image_size, not at the native 32×32
 
 
 def _cifar(name, summary, fmt, mean, std, embedded=None, train_images=None):
