@@ -46,8 +46,8 @@ class TrainConfig:
     epochs: int = option(15, "training epochs (cosine schedule over all of them)")
     batch_size: int = option(64, "global batch, split evenly over the ranks")
     lr: float = option(0.05, "learning rate for the global batch (not scaled with the ranks)")
-    momentum: float = option(0.9, "SGD momentum")
-    nesterov: bool = option(True, "Nesterov momentum")
+    momentum: float = option(0.9, "SGD momentum (0 with --optimizer adamw)")
+    nesterov: bool = option(True, "Nesterov momentum (false with --optimizer adamw)")
     weight_decay: float = option(5e-4, "weight decay coefficient")
     weight_decay_mode: str = option("l2", "l2: a term of the loss, inside g1, g2 and the perturbation (the "
                                     "paper); base: decoupled, in the base optimizer", choices=("l2", "base"))
@@ -95,6 +95,16 @@ class TrainConfig:
                          "processes, PIL) or device (the loader processes read the files and draw the crops; "
                          "the training device decodes, crops and flips: nvJPEG on a GPU)",
                          choices=("loader", "device"))
+
+    optimizer: str = option("sgd", "the base optimizer the regularizer wraps: sgd (momentum, nesterov) or adamw "
+                            "(beta1, beta2, eps; weight decay decoupled with --weight-decay-mode base, as optax.adamw)",
+                            choices=("sgd", "adamw"))
+    beta1: float = option(0.9, "AdamW's β1")
+    beta2: float = option(0.999, "AdamW's β2")
+    eps: float = option(1e-8, "AdamW's ε")
+    drop_path: float = option(0.0, "drop-path (stochastic depth) rate of the ViTs")
+    patch_size: int | None = option(None, "the ViTs' patch side in pixels (none: the official code's, 4 for "
+                                    "10 or 100 classes, 16 for 1,000)")
 
     def replace(self, **changes) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
@@ -192,7 +202,7 @@ def parse_value(name: str, text: str):
 def validate(cfg: TrainConfig) -> None:
     """Reject bad values with one line that names the field and the fix."""
     for name in ("lr", "r", "alpha", "weight_decay", "label_smoothing", "warmup_epochs", "gr_warmup_epochs",
-                 "regularize_prob"):
+                 "regularize_prob", "momentum", "beta1", "beta2", "eps", "drop_path"):
         value = getattr(cfg, name)
         if not math.isfinite(value):
             raise UserError(f"{name} must be a finite number, got {value}")
@@ -209,10 +219,13 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.mix == "official" and not variant.official_mix:
         raise UserError(f"mix='official' is defined for gnp (and standard), not for {cfg.variant!r}")
     variants.check_options(cfg.variant, cfg.variant_options)
+    check_base_optimizer(cfg)
     spec = datasets.get(cfg.dataset)
     spec.check_augmentation(cfg.augmentation)
-    if spec.layout == "cifar" and cfg.image_size != 32:
-        raise UserError(f"dataset {cfg.dataset!r} has 32×32 images; use image_size 32, got {cfg.image_size}")
+    if spec.layout == "cifar" and cfg.image_size != 32 and cfg.augmentation not in datasets.RESIZING_AUGMENTATIONS:
+        raise UserError(f"dataset {cfg.dataset!r} has 32×32 images and augmentation {cfg.augmentation!r} keeps "
+                        f"them so; use image_size 32 (or a resizing augmentation: "
+                        f"{', '.join(datasets.RESIZING_AUGMENTATIONS)}), got {cfg.image_size}")
     if spec.layout == "cifar" and cfg.decode != "loader":
         raise UserError(f"decode={cfg.decode!r} is for JPEG folders; {cfg.dataset!r} is held as tensors on the "
                         "training device already")
@@ -233,6 +246,38 @@ def validate(cfg: TrainConfig) -> None:
         allowed = f.metadata["choices"]
         if allowed and getattr(cfg, name) not in allowed:
             raise UserError(f"{name} must be one of {', '.join(allowed)}; got {getattr(cfg, name)!r}")
+    check_model_options(cfg, spec)
+
+
+def check_base_optimizer(cfg: TrainConfig) -> None:
+    """Each base optimizer's own options: refused, not ignored, under the other one."""
+    if cfg.optimizer == "adamw" and (cfg.momentum != 0 or cfg.nesterov):
+        raise UserError("momentum and nesterov are SGD's options; with --optimizer adamw pass --momentum 0 "
+                        "--nesterov false (AdamW's own are --beta1, --beta2, --eps)")
+    adam = [name for name in ("beta1", "beta2", "eps") if getattr(cfg, name) != getattr(DEFAULTS, name)]
+    if cfg.optimizer == "sgd" and adam:
+        raise UserError(f"{', '.join(adam)} {'is' if len(adam) == 1 else 'are'} AdamW's; with --optimizer sgd "
+                        "leave them at their defaults (or pass --optimizer adamw)")
+    if not (cfg.beta1 < 1 and cfg.beta2 < 1 and cfg.eps > 0):
+        raise UserError(f"AdamW needs 0 <= beta1, beta2 < 1 and eps > 0; got beta1={cfg.beta1}, "
+                        f"beta2={cfg.beta2}, eps={cfg.eps}")
+
+
+def check_model_options(cfg: TrainConfig, spec) -> None:
+    """drop_path and patch_size only where the network has them, a patch that tiles the image."""
+    model = models.get(cfg.model)
+    takers = ", ".join(n for n, m in models.REGISTRY.items() if "drop_path" in m.options)
+    for name, unset in (("drop_path", 0.0), ("patch_size", None)):
+        if getattr(cfg, name) != unset and name not in model.options:
+            raise UserError(f"model {cfg.model!r} has no {name.replace('_', ' ')}; --{name.replace('_', '-')} "
+                            f"is for {takers}")
+    if cfg.drop_path >= 1:
+        raise UserError(f"drop_path is a probability below 1, got {cfg.drop_path}")
+    if "patch_size" in model.options:  # a folder dataset's default patch waits for its classes (gnp.nets.vit)
+        patch = cfg.patch_size or (4 if spec.layout == "cifar" else None)
+        if patch is not None and (patch < 1 or cfg.image_size % patch):
+            raise UserError(f"patch size {patch} does not tile image_size {cfg.image_size}; use a patch size "
+                            f"that divides it (--patch-size)")
 
 
 def ranks_for(cfg: TrainConfig, workers: int) -> None:

@@ -54,7 +54,8 @@ GMACS = {
     ("ResNet50", 224): 4.089, ("ResNet101", 224): 7.801, ("VGG16BN", 224): 15.47, ("resnet50", 224): 4.089,
     ("resnet101", 224): 7.801, ("vgg16_bn", 224): 15.47, ("resnet18", 224): 1.814, ("VGG16", 32): 0.3321,
     ("VGG16BN", 32): 0.3321, ("WideResNet_28_10", 32): 5.214, ("WideResNet_2_96_ShakeShake", 32): 3.777,
-    ("PyramidNet_272_200_ShakeDrop", 32): 4.489, ("smallcnn", 32): 0.01032,
+    ("PyramidNet_272_200_ShakeDrop", 32): 4.489, ("smallcnn", 32): 0.01032, ("ViT_TI16", 32): 0.3456,
+    ("ViT_S16", 32): 1.381, ("ViT_TI16", 48): 0.7710, ("ViT_S16", 48): 3.082, ("vit-digits", 32): 0.003535,  # its 8-px patches
 }
 TARGET = 3000.0  # images/s per GPU, ResNet-50 standard step at 224 px: a target, not a measurement
 TARGET_GMACS = GMACS[("ResNet50", 224)]

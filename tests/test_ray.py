@@ -193,8 +193,16 @@ def killing_loop(config):
     train_loop_per_worker(config)
 
 
-def test_a_killed_worker_resumes_from_its_checkpoint_with_the_same_result(cluster, tmp_path):
-    cfg = digits(epochs=3, variant="gnp", alpha=0.5, loader_workers=1)  # exact resume with loader processes
+KILLED = {  # exact resume with loader processes; and the ViT recipe's AdamW, warm-up, dropout and drop path
+    "digits": lambda: digits(epochs=3, variant="gnp", alpha=0.5, loader_workers=1),
+    "digits-cifar-vit": lambda: get_recipe("digits-cifar-vit", epochs=3, warmup_epochs=1, drop_path=0.1,
+                                           threads=1, out="unused"),
+}
+
+
+@pytest.mark.parametrize("recipe", list(KILLED))
+def test_a_killed_worker_resumes_from_its_checkpoint_with_the_same_result(cluster, tmp_path, recipe):
+    cfg = KILLED[recipe]()
     marker = tmp_path / "killed"
 
     def loop(config):

@@ -92,8 +92,8 @@ def test_resuming_from_a_checkpoint_continues_exactly(digits_root, tmp_path, var
         assert torch.equal(tensor, again["model"][name]), name
 
 
-def with_dropout(name, num_classes, image_size):
-    model = build_model(name, num_classes, image_size)
+def with_dropout(name, num_classes, image_size, **options):
+    model = build_model(name, num_classes, image_size, **options)
     return nn.Sequential(*model[:-1], nn.Dropout(0.2), model[-1])
 
 

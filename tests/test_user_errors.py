@@ -95,6 +95,12 @@ TRAIN = [
     (["--resume"], "there is nothing to resume; drop --resume"),
     (["--recipe", "imagenet-resnet50"], "needs --data"),
     (["--model", "resnet7"], "model must be one of"),
+    (["--optimizer", "adamw"], "momentum and nesterov are SGD's options; with --optimizer adamw pass --momentum 0"),
+    (["--recipe", "digits-cifar-vit", "--momentum", "0.9"], "momentum and nesterov are SGD's options"),
+    (["--beta2", "0.98"], "beta2 is AdamW's; with --optimizer sgd leave them at their defaults"),
+    (["--drop-path", "0.1"], "model 'smallcnn' has no drop path; --drop-path is for ViT_TI16, ViT_S16, vit-digits"),
+    (["--recipe", "digits-cifar-vit", "--patch-size", "5"], "patch size 5 does not tile image_size 32"),
+    (["--recipe", "digits-cifar", "--image-size", "48"], "augmentation 'basic' keeps them so; use image_size 32"),
 ]
 
 
