@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=KINDS,
         default="schemes",
         help="schemes: one chosen cell per scheme and model (paper Table 4, default); datasets: top-1 per "
-        "dataset × augmentation (Table 1); cells: every variant, α and r; trials: every seed",
+        "dataset × augmentation (Tables 1–3); cells: every variant, α and r; trials: every seed",
     )
     table.add_argument(
         "--versus",

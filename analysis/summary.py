@@ -11,7 +11,7 @@ import pandas as pd
 
 from analysis.errors import AnalysisError
 from analysis.schema import RESULT_SCHEMA, STATUSES
-from gnp import variants
+from gnp import models, variants
 from gnp.config import FIELDS, RUNTIME
 from gnp.config import value_text as option_text
 
@@ -40,6 +40,7 @@ def cell_of(frame: pd.DataFrame) -> list[str]:
     """One configuration: its block, variant, α and r; its trials differ only by seed."""
     return [*block_of(frame), *CORE]
 SCHEMES = tuple(dict.fromkeys(v.label for v in variants.REGISTRY.values()))  # the tables' scheme order
+MODELS = tuple(models.REGISTRY)  # the dataset table's model order: ViT-Ti before ViT-S, as the paper's
 
 
 def trial_scores(df: pd.DataFrame, pick: str = "best") -> pd.DataFrame:
@@ -173,6 +174,11 @@ def scheme_of(variant: str, alpha: float) -> str | None:
 def scheme_rank(scheme: str) -> tuple[int, str]:
     """Sort key: the registry's order of labels, then variants it does not know by name."""
     return (SCHEMES.index(scheme), "") if scheme in SCHEMES else (len(SCHEMES), scheme)
+
+
+def model_rank(model: str) -> tuple[int, str]:
+    """Sort key: gnp.models' registry order, then networks it does not know by name."""
+    return (MODELS.index(model), "") if model in MODELS else (len(MODELS), model)
 
 
 def with_schemes(summary: pd.DataFrame) -> pd.DataFrame:

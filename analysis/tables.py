@@ -1,10 +1,10 @@
 """The paper's tables as Markdown, LaTeX (a booktabs tabular) or CSV, and the comparison table.
 
 Four layouts: "schemes" (Table 4: one chosen cell per scheme and model, top-1 and top-5 error, cost beside
-accuracy), "datasets" (Table 1: top-1 error per dataset × augmentation), "cells" (every variant, α and r of
-the grid) and "trials" (every seed, for an appendix). Markdown and LaTeX show "mean ± std" with the best per
-model in bold and notes on how the numbers were chosen and what was left out; CSV gives the numbers behind
-the table (mean and std in their own columns) for spreadsheets.
+accuracy), "datasets" (Tables 1–3: top-1 error per dataset × augmentation), "cells" (every variant, α and r
+of the grid) and "trials" (every seed, for an appendix). Markdown and LaTeX show "mean ± std" with the best
+per model in bold and notes on how the numbers were chosen and what was left out; CSV gives the numbers
+behind the table (mean and std in their own columns) for spreadsheets.
 """
 
 import pandas as pd
@@ -17,6 +17,7 @@ from analysis.summary import (
     BLOCK,
     block_of,
     grid_cost,
+    model_rank,
     scheme_rank,
     select_schemes,
     summarize_trials,
@@ -69,10 +70,11 @@ def format_table(
     if paper and kind == "schemes":
         _add_paper_column(table, frame)
     flagged = any("†" in text for row in table.rows for text in row)
-    table.notes = _notes(summary, trials, pick, kind, flagged, versus is not None)
+    table.notes = _notes(summary, trials, pick, kind, flagged, versus is not None) + table.notes
     if paper:
         table.notes.append(f"Paper: the errors {SOURCE} report for the same network, data and scheme (Table 4: "
-                           "ImageNet, 3 seeds; Table 1: CIFAR, 5 seeds, means); a dash where it reports none or its "
+                           "ImageNet, 3 seeds; Table 1: CIFAR, 5 seeds, means; Tables 2–3, ViT on CIFAR: not "
+                           "transcribed); a dash, or a cell without [paper …], where it reports none or its "
                            "row is not transcribed (analysis/paper.py).")
     return render(table, fmt)
 
@@ -172,10 +174,13 @@ def _block_cells(row, first: bool) -> list[str]:
 
 
 def _dataset_table(frame: pd.DataFrame) -> Table:
-    """Table 1: rows model × scheme (× every option that varies), a column of top-1 error per dataset ×
-    augmentation, the chosen α and r in each cell."""
-    options = block_of(frame)[len(BLOCK):]
-    rows, columns = ["model", *options, "scheme"], ["dataset", "augmentation"]
+    """Tables 1–3: rows model × scheme (× every option that varies within a column), a column of top-1 error
+    per dataset × augmentation, the chosen α and r in each cell. An option each column sets once per model
+    (ViT's heavy recipe: more epochs, another weight decay) is no row of its own, or basic and heavy would
+    never share a row; a note names it."""
+    columns = ["dataset", "augmentation"]
+    options, per_column = _split_options(frame, ["model", *columns])
+    rows = ["model", *options, "scheme"]
     if frame.duplicated(rows + columns).any():
         raise AnalysisError(
             "two recipes train the same model on the same dataset and augmentation; filter the rows to one "
@@ -185,8 +190,10 @@ def _dataset_table(frame: pd.DataFrame) -> Table:
         text=[_dataset_cell(row) for row in frame.itertuples(index=False)],
         bold=_best_in_block(frame, "test_top1_err_mean", ["model", *options, *columns]),
     )
+    by_model = frame[rows].drop_duplicates().sort_values("model", key=lambda m: m.map(model_rank),
+                                                         kind="stable")
     order = dict(
-        index=pd.MultiIndex.from_frame(frame[rows].drop_duplicates()),
+        index=pd.MultiIndex.from_frame(by_model),
         columns=pd.MultiIndex.from_frame(frame[columns].drop_duplicates()),
     )
     text = cells.pivot(index=rows, columns=columns, values="text").reindex(**order).fillna(DASH)
@@ -201,7 +208,17 @@ def _dataset_table(frame: pd.DataFrame) -> Table:
         model_first = i == 0 or keys[i - 1][0] != key[0]
         labels = [key[0] if model_first else "", *(key[1:-1] if first else [""] * len(options)), key[-1]]
         table.add([*labels, *values], [False] * len(labels) + list(map(bool, bold.iloc[i])), first)
+    if per_column:
+        table.notes.append(f"Set once per model and column, so no rows of their own: {', '.join(per_column)} "
+                           "(--kind schemes shows their values).")
     return table
+
+
+def _split_options(frame: pd.DataFrame, column: list[str]) -> tuple[list[str], list[str]]:
+    """The block's options that vary within a model's column (rows of their own), and those that do not."""
+    options = block_of(frame)[len(BLOCK):]
+    once = [o for o in options if frame.groupby(column)[o].nunique(dropna=False).eq(1).all()]
+    return [o for o in options if o not in once], once
 
 
 def _dataset_cell(row) -> str:
