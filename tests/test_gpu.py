@@ -279,3 +279,53 @@ def test_a_training_epoch_does_not_sync_the_host_every_step(digits_root, tmp_pat
             torch.cuda.set_sync_debug_mode("default")
     syncs = [w for w in caught if "synchroniz" in str(w.message)]
     assert 1 <= len(syncs) < run.steps_per_epoch // 2, [str(w.message) for w in syncs]
+
+
+# ---- the ViTs: bf16 through torch's fused attention ----------------------------------------------------
+
+
+def test_the_vit_recipe_trains_in_bf16_through_fused_attention(tmp_path):
+    """The ViT recipes' whole path on the device: AdamW, warm-up, dropout, drop path, bf16, SDPA."""
+    cfg = get_recipe("digits-cifar-vit", out=str(tmp_path), device=DEVICE, amp="bf16", epochs=3, drop_path=0.1)
+    run = Run(cfg)
+    assert run.model.blocks[0].attn.fused_attn  # timm's attention calls F.scaled_dot_product_attention
+    rows = [run.run_epoch() for _ in range(cfg.epochs)]
+    assert all(r["status"] == "ok" and r["regularized_steps"] > 0 for r in rows), rows
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"] and rows[-1]["test_top1_err"] < 80, rows
+
+
+def test_vit_dropout_masks_replay_on_the_device():
+    """Pass 2 of a GNP step replays pass 1's generator state: attention dropout inside the fused kernel must
+    draw the same masks from it, or the two passes score different networks."""
+    torch.manual_seed(0)
+    model = build_model("ViT_TI16", 10, 32).to(DEVICE).train()
+    x = torch.randn(16, 3, 32, 32, device=DEVICE)
+    state = torch.cuda.get_rng_state() if CUDA else torch.get_rng_state()
+    with torch.autocast(DEVICE, dtype=torch.bfloat16):  # the features: the zero-initialized head gives zeros
+        first = model.forward_features(x)
+        (torch.cuda.set_rng_state if CUDA else torch.set_rng_state)(state)
+        again = model.forward_features(x)
+        other = model.forward_features(x)  # the stream goes on: new masks
+    assert torch.equal(first, again) and not torch.equal(first, other)
+
+
+def test_a_vit_s_gnp_step_in_bf16_is_near_the_fp32_step():
+    torch.manual_seed(0)
+    fp32 = build_model("ViT_S16", 10, 32).to(DEVICE).eval()  # no dropout: the two precisions' masks differ
+    bf16 = copy.deepcopy(fp32)
+    x = torch.randn(64, 3, 32, 32, device=DEVICE)
+    y = torch.randint(0, 10, (64,), device=DEVICE)
+    before = [p.detach().clone() for p in fp32.parameters()]
+    for model, amp in ((fp32, False), (bf16, True)):
+        opt = GNP(model, torch.optim.SGD, alpha=0.8, r=0.1, lr=0.1)  # the step is lr·g: compares the gradients
+
+        def closure(model=model, amp=amp):
+            with torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=amp):
+                loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+    moved = torch.cat([(p - b).flatten() for p, b in zip(fp32.parameters(), before, strict=True)])
+    gap = torch.cat([(p - q).flatten() for p, q in zip(bf16.parameters(), fp32.parameters(), strict=True)])
+    assert torch.linalg.vector_norm(gap) / torch.linalg.vector_norm(moved) < 0.1
