@@ -37,16 +37,19 @@ CIFAR_DEMO_GRID = --recipe digits-cifar --seeds 0,1 --alpha 0,0.8,1 --r 0.05 --a
 # The paper's CIFAR grid for RECIPE (DATA given; default cifar10-wrn28-10): 5 seeds (PyramidNet 3) x
 # alpha in {0, 0.8, 1} at the scripts' r = 0.1 x basic and cutout (PyramidNet: its AutoAugment + mixcut),
 # each trial 4 GPUs (64 images per GPU).
+# A ViT recipe (Tables 2-3) is one column already (its basic and heavy settings are recipes of their own): 5 seeds.
 CIFAR_RECIPE = $(or $(RECIPE),cifar10-wrn28-10)
 PYRAMIDNET = $(findstring pyramidnet,$(CIFAR_RECIPE))
+VIT = $(findstring -vit-,$(CIFAR_RECIPE))
 THREE_SEEDS := --seeds 0,1,2
-FIVE_SEEDS := --seeds 0,1,2,3,4 --augmentation basic,cutout
-CIFAR_PAPER_GRID = --recipe $(CIFAR_RECIPE) --data $(DATA) $(if $(PYRAMIDNET),$(THREE_SEEDS),$(FIVE_SEEDS)) \
+FIVE_SEEDS := --seeds 0,1,2,3,4
+CIFAR_SEEDS = $(if $(PYRAMIDNET),$(THREE_SEEDS),$(if $(VIT),$(FIVE_SEEDS),$(FIVE_SEEDS) --augmentation basic,cutout))
+CIFAR_PAPER_GRID = --recipe $(CIFAR_RECIPE) --data $(DATA) $(CIFAR_SEEDS) \
 	--alpha 0,0.8,1 --r 0.1 --workers 4 --gpus-per-worker 1 $(EXPERIMENT_ARG)
 CIFAR_GRID = $(or $(GRID),$(if $(DATA),$(CIFAR_PAPER_GRID),$(CIFAR_DEMO_GRID)))
 COMMON_ARGS = --results $(RESULTS) $(if $(DRY_RUN),--dry-run)
 
-.PHONY: install test test-oldest test-gpu imagenet cifar train tables lint bench submit local-cluster local-cluster-stop clean
+.PHONY: install test test-oldest test-gpu gpu-wheels imagenet cifar train tables lint bench submit local-cluster local-cluster-stop clean
 
 install: $(VENV)/.installed
 
@@ -75,6 +78,10 @@ test-oldest:
 OUT ?= bench/results/gpu-run
 test-gpu:
 	bash bench/gpu.sh $(OUT)
+
+# The wheels a bare GPU image lacks (timm, for the ViTs), into .whl/ for bench/gpu.sh to install from.
+gpu-wheels: $(VENV)/.installed
+	$(PY) -m pip download --quiet --no-deps -c constraints.txt timm -d .whl
 
 imagenet: $(VENV)/.installed
 	$(PY) -m jobs.grid $(IMAGENET_GRID) $(COMMON_ARGS)

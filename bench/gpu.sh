@@ -6,13 +6,14 @@
 # 1. tests/test_gpu.py (pytest -m gpu)                       -> tests.log, tests.xml
 # 2. bench/step_ratio.py, ResNet-50 bf16 channels_last,
 #    eager and compiled                                        -> step_ratio.log, step_ratio-*.json
+#    bench/step_ratio.py, ViT-S at the recipe's 64 per GPU, bf16  -> vit_step.log, step_ratio-*.json
 # 3. bench/pipeline.py: the loader alone and the whole loop    -> pipeline.log, pipeline-*.json
 # 4. bench/cifar_data.py on the GPU: CIFAR's device-side data
 #    path against a WRN-16-4 step                              -> cifar_data.log, cifar_data-*.json
 #
 # Each step runs under its own time limit and the next runs whatever happened; summary.txt lists their
 # exit codes (124: the time limit) and the script exits non-zero if any failed. The pipeline step reads the
-# GPU rates that step 2 wrote. Limits in seconds: TESTS_S, STEP_RATIO_S, PIPELINE_S, CIFAR_DATA_S; loader processes:
+# GPU rates that step 2 wrote. Limits in seconds: TESTS_S, STEP_RATIO_S, VIT_STEP_S, PIPELINE_S, CIFAR_DATA_S; loader processes:
 # LOADER_WORKERS (default: CPUs - 4).
 set -u
 cd "$(dirname "$0")/.."
@@ -44,6 +45,13 @@ run() {  # run NAME LIMIT_S COMMAND...: log to $out/NAME.log, note the exit code
     echo "cpus $cpus; loader processes $workers"
 } >"$out/environment.txt" 2>&1
 cat "$out/environment.txt"
+if ! "$py" -c 'import timm' 2>/dev/null; then  # the ViTs' library: a GPU image may lack it (make gpu-wheels)
+    wheel=$(ls .whl/timm-*.whl 2>/dev/null | head -n 1)
+    if [ -n "$wheel" ] && "$py" -m pip install --quiet --no-deps --no-index --target /tmp/gnp-timm "$wheel"; then
+        export PYTHONPATH=.:/tmp/gnp-timm
+    fi
+    "$py" -c 'import timm; print("timm", timm.__version__, "from", timm.__file__)' >>"$out/environment.txt" 2>&1
+fi
 if ! "$py" -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; then
     echo "no CUDA GPU visible: the tier would only skip; nothing run" | tee -a "$out/summary.txt"
     exit 2
@@ -53,6 +61,8 @@ run tests "${TESTS_S:-200}" "$py" -m pytest -m gpu tests/test_gpu.py -q -p no:ca
     --junitxml="$out/tests.xml"
 run step_ratio "${STEP_RATIO_S:-220}" "$py" bench/step_ratio.py --model ResNet50 --size 224 --batch 256 \
     --amp bf16 --channels-last --compile both --no-ddp --steps 15 --warmup 3 --json "$out"
+run vit_step "${VIT_STEP_S:-90}" "$py" bench/step_ratio.py --model ViT_S16 --size 32 --batch 64 \
+    --amp bf16 --compile off --no-ddp --steps 15 --warmup 3 --json "$out"
 run pipeline "${PIPELINE_S:-160}" "$py" bench/pipeline.py --workers "1,$workers" --train \
     --train-workers "$workers" --batch 256 --steps 30 --rates "$out" --json "$out" \
     --note "bench/gpu.sh on ${HOSTNAME:-a GPU machine}"

@@ -2,6 +2,8 @@
 dropout, GELU and initialization, drop path, and the AdamW recipe trained, resumed and refused on the CPU."""
 
 import math
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -94,3 +96,15 @@ def test_the_first_step_of_a_warmup_has_learning_rate_zero(tmp_path):
 def test_the_zero_gr_warmup_shares_the_recipes_warmup_epochs(tmp_path):
     rows = train(vit_digits(tmp_path, epochs=2, warmup_epochs=1, gr_warmup="zero", gr_warmup_epochs=1))
     assert rows[0]["regularized_steps"] == 0 and rows[1]["regularized_steps"] == 1437 // 64
+
+
+@pytest.mark.parametrize("recipe,sweep", [("cifar10-vit-s-basic", None), ("cifar100-vit-ti-heavy", None),
+                                          ("cifar10-wrn28-10", "--augmentation basic,cutout")])
+def test_make_cifar_runs_a_vit_recipe_as_its_own_column(recipe, sweep):
+    """A ViT recipe's settings are its column (basic and heavy differ in more than the augmentation): the
+    paper grid must not sweep the CNNs' basic/cutout over it."""
+    root = Path(__file__).resolve().parent.parent
+    command = subprocess.run(["make", "-s", "-n", "--no-print-directory", "cifar", "DATA=/data/cifar",
+                              f"RECIPE={recipe}"], cwd=root, capture_output=True, text=True, check=True).stdout
+    assert f"--recipe {recipe} " in command and "--seeds 0,1,2,3,4 " in command
+    assert (sweep in command) if sweep else ("--augmentation" not in command)
