@@ -7,6 +7,7 @@
     python -m analysis compare results/digits                        # GNP − Standard, GNP − SAM, ...
     python -m analysis compare results/digits gnp:alpha=0.3,r=0.05 SAM
     python -m analysis figures results/digits --out figures/
+    python -m analysis report results/digits                         # results/digits/report/report.{md,html}
 
 A user mistake (no such folder, no trial files, a corrupt or foreign file, an unknown scheme or option)
 prints one line and exits 2.
@@ -22,6 +23,7 @@ from analysis.comparison import BOOTSTRAP_MIN_N, SPEC_HELP, compare, default_pai
 from analysis.errors import AnalysisError
 from analysis.figures import make_figures
 from analysis.load import load_results
+from analysis.report import default_out, write_report
 from analysis.summary import PICKS, summarize, with_schemes
 from analysis.tables import FORMATS, KINDS, format_comparison, format_table
 
@@ -40,8 +42,9 @@ def _common(pick: str) -> argparse.ArgumentParser:
         "--pick",
         choices=PICKS,
         default=pick,
-        help=f"score each trial at its best epoch (lowest top-1, chosen on the reported validation set) or "
-        f"at its final epoch (default: {pick})",
+        help=f"score each trial at its best epoch (lowest top-1, chosen on the reported test set: optimistic), "
+        f"at its final epoch, or at the epoch of its lowest error on held-out training images (--holdout-images; "
+        f"cells are then chosen on those too) (default: {pick})",
     )
     common.add_argument(
         "--skip-bad",
@@ -104,6 +107,14 @@ def build_parser() -> argparse.ArgumentParser:
         "error, and ‖g1‖ / error per epoch (Figure 3) for each model, as PNG and PDF.",
     )
     figures.add_argument("--out", required=True, help="folder for the figure files (created if missing)")
+    report = sub.add_parser(
+        "report",
+        parents=[_common("best")],
+        help="write the paper report: report.md and a self-contained report.html",
+        description="Tables 1, 2–3 and 4 as the paper lays them out, ours beside its published errors (Δ, "
+        "within the seeds' spread or not), the chosen α and r, GPU-hours, the figures and the cells still missing.",
+    )
+    report.add_argument("--out", help="folder for the report and its figures (default: RESULTS/report)")
     return p
 
 
@@ -122,6 +133,9 @@ def main(argv=None) -> int:
             )
         elif args.command == "compare":
             print(format_comparison(_comparisons(df, args), fmt=args.format), end="")
+        elif args.command == "report":
+            out = args.out or default_out(args.results)
+            print("\n".join(map(str, write_report(df, out, pick=args.pick, source=args.results))))
         else:
             try:
                 paths = make_figures(df, args.out, pick=args.pick)

@@ -54,10 +54,14 @@ RESULT_SCHEMA = pa.schema(
         # every field of the trial's configuration that changes what it computes (gnp.config.maths_fields), as
         # JSON; analysis.load_results adds a column for each field that varies among the rows it loads
         pa.field("config", pa.string()),
+        # top-1 error on the training images the trial held out (holdout_images; null without them): what an
+        # honest selection of r, α and the epoch reads instead of the test error
+        pa.field("holdout_top1_err", pa.float64()),
+        pa.field("holdout_images", pa.int64()),
     ]
 )
 
 OPTIONAL = ("trial_wall_s", "val_images", "skipped_steps", "regularized_steps", "dataset_id", "started_at",
-            "ended_at", "config")
+            "ended_at", "config", "holdout_top1_err", "holdout_images")
 
 STATUSES = ("ok", "diverged", "failed")

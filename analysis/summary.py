@@ -15,7 +15,7 @@ from gnp import models, variants
 from gnp.config import FIELDS, RUNTIME
 from gnp.config import value_text as option_text
 
-PICKS = ("best", "final")
+PICKS = ("best", "final", "holdout")
 METRICS = ("test_top1_err", "test_top5_err")
 BLOCK = ["recipe", "model", "dataset", "augmentation"]  # one model's rows in the paper's tables
 CORE = ("variant", "alpha", "r")  # within a block, what tells the cells apart
@@ -48,21 +48,31 @@ def trial_scores(df: pd.DataFrame, pick: str = "best") -> pd.DataFrame:
     the epochs' wall seconds and the trial's own (trial_wall_s, null where not recorded).
 
     pick="best" scores a trial at the epoch of its lowest test top-1 error (the earliest on a tie) and takes
-    top-5 at that same epoch; pick="final" at its last epoch. A trial is failed if any row failed, else
-    diverged if any row diverged, else ok.
+    top-5 at that same epoch (the paper's rule: optimistic, chosen on the reported data); pick="final" at its
+    last epoch; pick="holdout" at the epoch of its lowest error on the training images it held out
+    (--holdout-images), never looking at the test set. `selection_err` is what cells are then chosen by:
+    the held-out error under pick="holdout", the test top-1 error otherwise. A trial is failed if any row
+    failed, else diverged if any row diverged, else ok.
     """
     if pick not in PICKS:
-        raise AnalysisError(f"pick must be 'best' or 'final', got {pick!r}")
+        raise AnalysisError(f"pick must be one of {', '.join(PICKS)}, got {pick!r}")
     if df.empty:
         raise AnalysisError("no result rows to analyse; load a results folder with load_results(path)")
+    held = "holdout_top1_err" in df and df["holdout_top1_err"].notna().any()
+    if pick == "holdout" and not held:
+        raise AnalysisError("--pick holdout needs trials that held out training images (run them with "
+                            "--holdout-images N); these rows have none")
     by = df.groupby("trial_key")
     status = pd.Series(pd.Categorical(df["status"], categories=STATUSES, ordered=True), index=df.index)
-    if pick == "best":
-        scored = df.sort_values(["trial_key", "test_top1_err", "epoch"], na_position="last")
+    if pick in ("best", "holdout"):
+        metric = "test_top1_err" if pick == "best" else "holdout_top1_err"
+        scored = df.sort_values(["trial_key", metric, "epoch"], na_position="last")
         scored = scored.drop_duplicates("trial_key", keep="first")
     else:
         scored = df.sort_values(["trial_key", "epoch"]).drop_duplicates("trial_key", keep="last")
-    scores = scored.set_index("trial_key")[["epoch", *METRICS]].rename(columns={"epoch": "scored_epoch"})
+    columns = ["epoch", *METRICS, *(["holdout_top1_err"] if held else [])]
+    scores = scored.set_index("trial_key")[columns].rename(columns={"epoch": "scored_epoch"})
+    scores["selection_err"] = scores["holdout_top1_err" if pick == "holdout" else "test_top1_err"]
     trial_wall = df["trial_wall_s"] if "trial_wall_s" in df else pd.Series(float("nan"), index=df.index)
     options = option_columns(df)
     return (
@@ -121,6 +131,7 @@ def summarize_trials(trials: pd.DataFrame) -> pd.DataFrame:
             test_top1_err_std=("test_top1_err", "std"),
             test_top5_err_mean=("test_top5_err", "mean"),
             test_top5_err_std=("test_top5_err", "std"),
+            selection_err_mean=("selection_err", "mean"),
             device_hours=("device_hours", "mean"),
             images_per_s=("images_per_s", "mean"),
         )
@@ -143,6 +154,7 @@ def summarize_trials(trials: pd.DataFrame) -> pd.DataFrame:
         "failed",
         "device_hours",
         "images_per_s",
+        "selection_err_mean",
     ]
     return summary[order].reset_index().sort_values([*block_of(trials), "alpha", "r", "variant"], ignore_index=True)
 
@@ -188,9 +200,10 @@ def with_schemes(summary: pd.DataFrame) -> pd.DataFrame:
 
 
 def choose(cells: pd.DataFrame, key: list[str]) -> pd.DataFrame:
-    """Per `key`, the cell with the lowest mean top-1 error (then top-5, then the smaller α and r), as the
-    paper chooses its α and r; a group none of whose cells has an ok seed keeps its first cell."""
-    cells = cells.sort_values(["test_top1_err_mean", "test_top5_err_mean", "alpha", "r"], na_position="last")
+    """Per `key`, the cell with the lowest mean selection error (the test top-1, as the paper chooses its α
+    and r, or the held-out error under pick="holdout"; then top-5, then the smaller α and r); a group none
+    of whose cells has an ok seed keeps its first cell."""
+    cells = cells.sort_values(["selection_err_mean", "test_top5_err_mean", "alpha", "r"], na_position="last")
     return cells.groupby(key, sort=False).head(1)
 
 

@@ -103,6 +103,9 @@ class TrainConfig:
     beta2: float = option(0.999, "AdamW's β2")
     eps: float = option(1e-8, "AdamW's ε")
     drop_path: float = option(0.0, "drop-path (stochastic depth) rate of the ViTs")
+    holdout_images: int = option(0, "training images held out to select on (r, α, the best epoch) instead of the "
+                                 "test set: a fixed draw, the same for every seed and trial (CIFAR datasets; "
+                                 "0: none)")
     patch_size: int | None = option(None, "the ViTs' patch side in pixels (none: the official code's, 4 for "
                                     "10 or 100 classes, 16 for 1,000)")
 
@@ -229,6 +232,9 @@ def validate(cfg: TrainConfig) -> None:
     if spec.layout == "cifar" and cfg.decode != "loader":
         raise UserError(f"decode={cfg.decode!r} is for JPEG folders; {cfg.dataset!r} is held as tensors on the "
                         "training device already")
+    if cfg.holdout_images < 0 or (cfg.holdout_images and spec.layout != "cifar"):
+        raise UserError(f"holdout_images is a count of CIFAR training images (>= 0), got {cfg.holdout_images} "
+                        f"for dataset {cfg.dataset!r}")
     for name in ("batch_size", "epochs", "regularize_every", "image_size"):
         if getattr(cfg, name) < 1:
             raise UserError(f"{name} must be >= 1, got {getattr(cfg, name)}")

@@ -12,6 +12,7 @@ float32's bytes through shared and pinned memory), or with decode="device" the f
 
 import functools
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -143,14 +144,40 @@ class EpochLoader(DataLoader):
         self.sampler.set_epoch(epoch)
 
 
+class Loaders(NamedTuple):
+    train: object
+    test: object  # every test image once across the ranks (ImageNet's val/ folder)
+    classes: int
+    holdout: object | None = None  # the held-out training images, where asked for
+
+
+HOLDOUT_SEED = 0x601D  # one draw for every seed and trial: selections compare runs on the same images
+
+
+def held_out(images, labels, count: int):
+    """((train images, labels), (held-out images, labels)): `count` training images drawn once, by a fixed
+    permutation, the same whatever the run's seed."""
+    if not 0 < count < len(labels):
+        raise UserError(f"--holdout-images {count} must be between 1 and the {len(labels) - 1} training images "
+                        "that leave one to train on")
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(HOLDOUT_SEED)).numpy()
+    keep, held = np.sort(order[count:]), np.sort(order[:count])
+    return (images[keep], labels[keep]), (images[held], labels[held])
+
+
 def dataset_loaders(spec: datasets.Dataset, root: Path, *, image_size, augmentation, batch_size, workers, rank,
-                    world, seed, device: torch.device, decode="loader"):
-    """(train, val, classes) of a registry dataset for this rank (`batch_size` per rank): DataLoaders over
-    image folders, or tensors on `device` for CIFAR (gnp.batches)."""
+                    world, seed, device: torch.device, decode="loader", holdout_images=0) -> Loaders:
+    """The loaders of a registry dataset for this rank (`batch_size` per rank): DataLoaders over image
+    folders, or tensors on `device` for CIFAR (gnp.batches), which can hold out training images."""
     if spec.layout == "cifar":
         from gnp import batches, cifar
 
         data = cifar.read(root, spec.cifar_format)
+        holdout = None
+        if holdout_images:
+            data["train"], kept = held_out(*data["train"], holdout_images)
+            holdout = batches.EvalBatches(batches.Split(*kept, device), batch_size=batch_size, rank=rank,
+                                          world=world, mean=spec.mean, std=spec.std, image_size=image_size)
         if len(data["train"][1]) < batch_size * world:
             raise UserError(f"{root} has {len(data['train'][1])} training images, fewer than one global batch "
                             f"({batch_size * world}); lower --batch-size")
@@ -159,10 +186,10 @@ def dataset_loaders(spec: datasets.Dataset, root: Path, *, image_size, augmentat
                                      std=spec.std, classes=len(data["classes"]), image_size=image_size)
         val = batches.EvalBatches(batches.Split(*data["test"], device), batch_size=batch_size, rank=rank,
                                   world=world, mean=spec.mean, std=spec.std, image_size=image_size)
-        return train, val, len(data["classes"])
-    return build_loaders(root, image_size=image_size, augmentation=augmentation, batch_size=batch_size,
-                         workers=workers, rank=rank, world=world, seed=seed, pin_memory=device.type == "cuda",
-                         decode=decode)
+        return Loaders(train, val, len(data["classes"]), holdout)
+    return Loaders(*build_loaders(root, image_size=image_size, augmentation=augmentation,
+                                  batch_size=batch_size, workers=workers, rank=rank, world=world, seed=seed,
+                                  pin_memory=device.type == "cuda", decode=decode))
 
 
 def build_loaders(root: Path, *, image_size, augmentation, batch_size, workers, rank, world, seed, pin_memory,

@@ -170,10 +170,11 @@ class Run:
             torch.cuda.set_device(self.device)
         torch.backends.cudnn.benchmark = cuda
         seed_everything(cfg.seed)  # the same initial weights on every rank
-        self.train_loader, self.val_loader, self.num_classes = dataset_loaders(
+        self.train_loader, self.val_loader, self.num_classes, self.holdout_loader = dataset_loaders(
             spec, root, image_size=cfg.image_size, augmentation=cfg.augmentation,
             batch_size=cfg.batch_size // self.world, workers=cfg.loader_workers, rank=self.rank,
             world=self.world, seed=cfg.seed, device=self.device, decode=cfg.decode,
+            holdout_images=cfg.holdout_images,
         )
         self.memory_format = torch.channels_last if cfg.channels_last and cuda else torch.contiguous_format
         self.model = build_model(cfg.model, self.num_classes, cfg.image_size, drop_path=cfg.drop_path,
@@ -263,16 +264,17 @@ class Run:
               file=sys.stderr, flush=True)
 
     @torch.no_grad()
-    def evaluate(self):
-        """Top-1 and top-5 error in percent over every validation image exactly once (ranks summed), with
-        the BatchNorm statistics averaged over the ranks, so every rank evaluates the checkpoint's model.
-        Training then goes on from each rank's own statistics, as in the official code (pmean at eval only)."""
+    def evaluate(self, loader=None):
+        """Top-1 and top-5 error in percent over every image of `loader` (default: the test set) exactly once
+        (ranks summed), with the BatchNorm statistics averaged over the ranks, so every rank evaluates the
+        checkpoint's model. Training then goes on from each rank's own statistics, as in the official code
+        (pmean at eval only)."""
         self.model.eval()  # the plain module: no DDP collectives, ranks may hold different counts
         hits = torch.zeros(2, dtype=torch.float64, device=self.device)
         seen = 0
         k = min(5, self.num_classes)
         with swapped_buffers(self.model, averaged_buffers(self.model, self.world)):
-            for images, targets in self.val_loader:
+            for images, targets in loader or self.val_loader:
                 images = to_device(images, self.device, self.memory_format)
                 targets = targets.to(self.device, non_blocking=True)
                 with self.autocast():
@@ -295,12 +297,15 @@ class Run:
         collapsed = self.scaler.is_enabled() and self.scaler.get_scale() < MIN_LOSS_SCALE
         diverged = not math.isfinite(train_loss) or collapsed
         top1, top5, n_val = (float("nan"), float("nan"), 0) if diverged else self.evaluate()
+        holdout, n_holdout = float("nan"), 0  # the held-out training images: what a selection reads
+        if self.holdout_loader is not None and not diverged:
+            holdout, _, n_holdout = self.evaluate(self.holdout_loader)
         self.epoch += 1
         cfg = self.cfg
         return dict(
             epoch=self.epoch, epochs=cfg.epochs, variant=cfg.variant, alpha=cfg.alpha, r=cfg.r, seed=cfg.seed,
             train_loss=train_loss, train_err=100 * wrong / max(seen, 1), test_top1_err=top1, test_top5_err=top5,
-            val_images=n_val, grad_norm=norm_sum / norm_steps if norm_steps else float("nan"),
+            val_images=n_val, holdout_top1_err=holdout, holdout_images=n_holdout, grad_norm=norm_sum / norm_steps if norm_steps else float("nan"),
             skipped_steps=int(skipped), regularized_steps=int(regularized), lr=self.scheduler.get_last_lr()[0],
             images_per_s=seen / seconds, wall_s=seconds, workers=self.world, device=device_name(self.device),
             status="diverged" if diverged else "ok", started_at=started_at, ended_at=time.time(),

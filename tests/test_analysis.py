@@ -399,6 +399,10 @@ def test_figures_are_written_as_png_and_pdf(grid, tmp_path):
         "alpha-digits-smallcnn-crop.png",
         "epochs-digits-smallcnn-crop.pdf",
         "epochs-digits-smallcnn-crop.png",
+        "fig2-digits-smallcnn.pdf",  # per model over its augmentations
+        "fig2-digits-smallcnn.png",
+        "fig3-digits-smallcnn-crop.pdf",  # the grid ran α = 1.5
+        "fig3-digits-smallcnn-crop.png",
         "heatmap-digits-smallcnn-crop.pdf",
         "heatmap-digits-smallcnn-crop.png",
     ]
@@ -463,7 +467,7 @@ def test_table_prints_markdown_latex_and_csv(results, capsys):
 def test_figures_writes_and_lists_the_files(results, tmp_path, capsys):
     assert main(["figures", str(results), "--out", str(tmp_path / "fig")]) == 0
     paths = [Path(line) for line in capsys.readouterr().out.splitlines()]
-    assert len(paths) == 6 and all(p.parent == tmp_path / "fig" and p.stat().st_size > 0 for p in paths)
+    assert len(paths) == 8 and all(p.parent == tmp_path / "fig" and p.stat().st_size > 0 for p in paths)
 
 
 def test_a_bad_file_is_one_line_and_exit_2_or_skipped(results, capsys):
@@ -503,8 +507,8 @@ def test_help_for_each_command(capsys):
             main(argv)
         assert done.value.code == 0
     out = capsys.readouterr().out
-    assert "--format {md,latex,csv}" in out and "--pick {best,final}" in out and "--out OUT" in out
-    assert out.count("--pick {best,final}") >= 3  # every command
+    assert "--format {md,latex,csv}" in out and "--pick {best,final,holdout}" in out and "--out OUT" in out
+    assert out.count("--pick {best,final,holdout}") >= 3  # every command
     assert "(default: final)" in out  # compare scores the last epoch unless told otherwise
     assert "gnp:alpha=0.3,r=0.05" in out and "trials: every seed" in out
 
@@ -575,4 +579,5 @@ def test_options_that_vary_get_a_column_and_split_every_table(tmp_path):
     datasets = format_table(df, kind="datasets")
     assert "| Model | mix | clip_grad_norm | Scheme |" in datasets
     paths = make_figures(df, tmp_path / "figures")
-    assert len({p.stem.split("-", 1)[1] for p in paths}) == 4  # one figure set per (mix, clip)
+    for kind in ("alpha", "fig2"):  # one figure set per (mix, clip)
+        assert len({p.stem for p in paths if p.stem.startswith(f"{kind}-")}) == 4
