@@ -104,14 +104,16 @@ def wall_hours(hours: list[float], at_once: int) -> float:
 
 
 def print_plan(configs: list[TrainConfig], *, experiment: str, results: str, train_images: int | None,
-               workers: int, gpus_per_worker: float, at_once: int | None = None) -> None:
+               workers: int, gpus_per_worker: float, at_once: int | None = None) -> dict[str, float]:
+    """Print the trials, their cost and the grid's; returns the device-hours of each trial still to run that
+    has a rate, by trial key."""
     on_gpu = gpus_per_worker > 0
     rates = measured_rates(results)
     options = varying_fields(configs)  # every other swept field, a column each
     widths = {name: max(len(name), *(len(value_text(getattr(c, name))) for c in configs)) for name in options}
     print(f"{'trial key':<19} {'scheme':<9} {'α':>6} {'r':>6} " + "".join(f"{n:<{w}} " for n, w in widths.items())
           + f"{'seed':>4}  {'finished':<8} {'images':>9} {'img/s/dev':>10} {'device-h':>9}  rate from")
-    total, todo, missing, to_run, sources, wall = 0.0, 0.0, 0, 0, {}, []
+    total, todo, missing, to_run, sources, wall, hours_to_go = 0.0, 0.0, 0, 0, {}, [], {}
     for cfg in configs:
         done = res.finished_trial(results, experiment, trial_key(cfg), cfg.epochs)
         to_run += not done
@@ -124,6 +126,7 @@ def print_plan(configs: list[TrainConfig], *, experiment: str, results: str, tra
             total += hours
             todo += 0 if done else hours
             wall += [] if done else [hours / workers]
+            hours_to_go.update({} if done else {trial_key(cfg): hours})
         if rate:
             sources[rate["source"]] = sources.get(rate["source"], set()) | {rate["device"]}
         values = "".join(f"{value_text(getattr(cfg, n)):<{w}} " for n, w in widths.items())
@@ -138,6 +141,7 @@ def print_plan(configs: list[TrainConfig], *, experiment: str, results: str, tra
           f"(--max-concurrent){without}")
     for source, devices in sources.items():
         print(_caveat(source, devices))
+    return hours_to_go
 
 
 def _count(value) -> str:

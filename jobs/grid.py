@@ -89,6 +89,8 @@ def check_batch(configs, dataset: dict) -> None:
 def check_record(args, configs, experiment: str, results: str, dataset: dict) -> dict:
     record = options.grid_record(args, configs, dataset)
     before = res.read_grid(results, experiment)
+    if before and getattr(args, "stage", None):  # a protocol's stages each run a part of one experiment
+        record = options.with_earlier_axes(before, record)
     problem = before and options.grid_conflict(before, record)
     if problem:
         raise UserError(f"experiment {experiment!r} in {results}: {problem}; choose a new --experiment")
@@ -96,6 +98,10 @@ def check_record(args, configs, experiment: str, results: str, dataset: dict) ->
 
 
 def run(args) -> int:
+    if args.protocol and not getattr(args, "stage", None):
+        from jobs import protocol
+
+        return protocol.run(args, run)
     configs = options.grid_configs(args)
     options.check_run_options(args)
     experiment = args.experiment or args.recipe
@@ -113,9 +119,10 @@ def run(args) -> int:
     if args.dry_run:
         from jobs.estimate import print_plan
 
-        print_plan(configs, experiment=experiment, results=results, workers=args.workers,
-                   gpus_per_worker=args.gpus_per_worker, at_once=args.max_concurrent,
-                   train_images=dataset["train_images"] if dataset else datasets.get(dataset_name).train_images)
+        args.planned_hours = print_plan(configs, experiment=experiment, results=results, workers=args.workers,
+                                        gpus_per_worker=args.gpus_per_worker, at_once=args.max_concurrent,
+                                        train_images=dataset["train_images"] if dataset
+                                        else datasets.get(dataset_name).train_images)
         return 0
     callbacks = logger_callbacks(args.logger, experiment)
     import ray

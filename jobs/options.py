@@ -145,6 +145,20 @@ def build_parser() -> argparse.ArgumentParser:
                           "'gnp-ray[tracking]'); TensorBoard files are always written")
     ray.add_argument("--dry-run", action="store_true",
                      help="print the trials and the GPU-hours they will take, then exit before Ray starts")
+    protocol = p.add_argument_group("the paper's greedy search (--protocol greedy; see jobs/protocol.py)")
+    protocol.add_argument("--protocol", choices=("greedy",),
+                          help="standard, then r with SAM, then α at the best r, then --seeds of each scheme's "
+                               "best, as one resumable command (it sets --alpha, --r and --variant itself)")
+    protocol.add_argument("--search-seeds", type=value_list("seed"), default=[0],
+                          help="the seeds stages 1-3 search with (default 0)")
+    protocol.add_argument("--search-r", type=value_list("r"), default=[0.01, 0.02, 0.05, 0.1, 0.2],
+                          help="stage 2's r values with SAM (default the paper's 0.01,0.02,0.05,0.1,0.2)")
+    protocol.add_argument("--search-alpha", type=value_list("alpha"),
+                          default=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
+                          help="stage 3's α values at the picked r (default the paper's 0.1,...,0.9)")
+    protocol.add_argument("--select", choices=("test", "holdout"), default="test",
+                          help="what picks r, α and each trial's epoch: test (the paper's rule, optimistic) or "
+                               "holdout (training images held out with --holdout-images; default test)")
     return p
 
 
@@ -331,6 +345,15 @@ def grid_conflict(before: dict, now: dict) -> str | None:
             return (f"{flag(name)} ran {','.join(map(str, old))}; this command drops "
                     f"{','.join(map(str, dropped))} (add values to extend an experiment, never remove them)")
     return None
+
+
+def with_earlier_axes(before: dict, now: dict) -> dict:
+    """`now` with every value an earlier grid of the experiment ran kept on its axis (a protocol's stages
+    each sweep a part of one experiment), and its trials."""
+    axes = {name: list(before.get("axes", {}).get(name, [])) for name in now["axes"]}
+    for name, values in now["axes"].items():
+        axes[name] += [v for v in values if json.dumps(v) not in {json.dumps(x) for x in axes[name]}]
+    return {**now, "axes": axes, "trials": sorted(set(before.get("trials", [])) | set(now["trials"]))}
 
 
 def describe(dataset: dict | None) -> str:

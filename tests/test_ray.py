@@ -402,3 +402,56 @@ def test_two_nodes_drivers_on_the_head_and_a_lost_node_resumed_from_its_checkpoi
     assert [{k: r[k] for k in shared} for r in without_timing(killed)] == [{k: r[k] for k in shared}
                                                                             for r in clean]
     assert {"train_loss", "test_top1_err", "grad_norm"} <= shared
+
+
+def test_the_greedy_protocol_stopped_between_stages_resumes_and_picks_by_its_rule(cluster, tmp_path, monkeypatch):
+    """Stages 1-2 run, Ctrl-C before stage 3; the rerun runs stage 3 only (stage 4 at seed 0 is the search
+    trials it shares), and each pick is the cell of lowest mean held-out error, never the test error."""
+    from analysis import load_results
+    from analysis.summary import summarize_trials, trial_scores
+    from jobs import protocol
+
+    argv = ["--recipe", "digits-cifar", "--protocol", "greedy", "--search-r", "0.02,0.1", "--search-alpha", "0.3,0.7",
+            "--seeds", "0", "--epochs", "2", "--batch-size", "64", "--workers", "1", "--holdout-images", "300",
+            "--select", "holdout", "--loader-workers", "0", "--results", str(tmp_path), "--experiment", "greedy"]
+    fitted = []
+    real_fit = grid.fit_grid
+
+    def fit(todo, **kwargs):
+        fitted.append([res.trial_key(c) for c in todo])
+        return real_fit(todo, **kwargs)
+
+    monkeypatch.setattr(grid, "fit_grid", fit)
+    real_stage_args = protocol.stage_args
+
+    def interrupted_before_stage_3(args, name, axes, experiment):
+        if name == "alpha":
+            raise KeyboardInterrupt
+        return real_stage_args(args, name, axes, experiment)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(protocol, "stage_args", interrupted_before_stage_3)
+        with pytest.raises(KeyboardInterrupt):
+            grid.main(argv)
+    record = json.loads((tmp_path / "greedy" / "_protocol.json").read_text())
+    assert list(record["picks"]) == ["r"] and len(fitted) == 2
+    first = {f.name: f.stat().st_mtime_ns for f in (tmp_path / "greedy").glob("*.parquet")}
+    assert len(first) == 3  # standard, SAM at r = 0.02 and at r = 0.1, seed 0
+
+    assert grid.main(argv) == 0
+    assert len(fitted) == 3 and not set(fitted[2]) & {k[:-len(".parquet")] for k in first}
+    assert {f.name: f.stat().st_mtime_ns for f in (tmp_path / "greedy").glob("*.parquet") if f.name in first} == first
+    record = json.loads((tmp_path / "greedy" / "_protocol.json").read_text())
+    df = load_results(tmp_path / "greedy")
+    assert df["holdout_images"].eq(300).all() and df["holdout_top1_err"].notna().all()
+    for stage, alphas in (("r", [1.0]), ("alpha", [0.3, 0.7])):
+        rows = df[df["alpha"].isin(alphas) & (df["seed"] == 0) & (df["r"].isin([0.02, 0.1]) if stage == "r"
+                                                                  else df["r"] == record["picks"]["r"]["value"])]
+        cells = summarize_trials(trial_scores(rows, "holdout"))
+        best = cells.sort_values("selection_err_mean").iloc[0][stage]
+        assert record["picks"][stage]["value"] == best, (stage, cells)
+    r, alpha = record["picks"]["r"]["value"], record["picks"]["alpha"]["value"]
+    cells = {(round(a, 3), round(x, 3)) for a, x in zip(df["alpha"], df["r"], strict=True)}
+    assert {(0.0, 0.0), (1.0, r), (alpha, r)} <= cells  # stage 4's cells, every one a search trial already
+    assert df["trial_key"].nunique() == 1 + 2 + 2
+    assert record["select"] == "holdout" and "never looked at" in record["rule"]
