@@ -46,7 +46,17 @@ FIVE_SEEDS := --seeds 0,1,2,3,4
 CIFAR_SEEDS = $(if $(PYRAMIDNET),$(THREE_SEEDS),$(if $(VIT),$(FIVE_SEEDS),$(FIVE_SEEDS) --augmentation basic,cutout))
 CIFAR_PAPER_GRID = --recipe $(CIFAR_RECIPE) --data $(DATA) $(CIFAR_SEEDS) \
 	--alpha 0,0.8,1 --r 0.1 --workers 4 --gpus-per-worker 1 $(EXPERIMENT_ARG)
-CIFAR_GRID = $(or $(GRID),$(if $(DATA),$(CIFAR_PAPER_GRID),$(CIFAR_DEMO_GRID)))
+# PROTOCOL=greedy: the paper's search instead (standard; r in {0.01, ..., 0.2} with SAM; alpha in {0.1, ..., 0.9}
+# at the best r; then the seeds of each scheme's best), one resumable command; SELECT=holdout HOLDOUT=5000 picks
+# on held-out training images instead of the test set. Without DATA, a small version on the digits.
+PROTOCOL ?=
+SELECT ?= test
+HOLDOUT ?=
+PROTOCOL_ARGS = --protocol $(PROTOCOL) --select $(SELECT) $(if $(HOLDOUT),--holdout-images $(HOLDOUT)) $(EXPERIMENT_ARG)
+CIFAR_PROTOCOL = $(if $(DATA),--recipe $(CIFAR_RECIPE) --data $(DATA) $(if $(PYRAMIDNET),$(THREE_SEEDS),$(FIVE_SEEDS)) \
+	--workers 4 --gpus-per-worker 1,--recipe digits-cifar --seeds 0,1 --search-r 0.02,0.05,0.1 --search-alpha 0.3,0.5,0.8 \
+	--epochs 10 --workers 2 --cpus-per-worker 0.49) $(PROTOCOL_ARGS)
+CIFAR_GRID = $(or $(GRID),$(if $(PROTOCOL),$(CIFAR_PROTOCOL),$(if $(DATA),$(CIFAR_PAPER_GRID),$(CIFAR_DEMO_GRID))))
 COMMON_ARGS = --results $(RESULTS) $(if $(DRY_RUN),--dry-run)
 
 .PHONY: install test test-oldest test-gpu gpu-wheels imagenet cifar train tables lint bench submit local-cluster local-cluster-stop clean

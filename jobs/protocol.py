@@ -54,6 +54,11 @@ def check(args) -> None:
     if given:
         raise UserError(f"--protocol greedy sets {', '.join(given)} itself; use --search-r and --search-alpha "
                         "for its grids (--seeds: the final stage's)")
+    swept = [options.flag(n) for n, values in options.axes_of(args).items()
+             if n not in ("seed", *FIXED_BY_PROTOCOL) and len(values) > 1]
+    if swept:
+        raise UserError(f"--protocol greedy picks r and α for one configuration; {swept[0]} sweeps several: run "
+                        f"the protocol once per value, each under its own --experiment")
     if args.select == "holdout" and not any(args.holdout_images or [0]):
         raise UserError("--select holdout needs held-out training images: add --holdout-images N (e.g. 5000 "
                         "of CIFAR's 50,000)")

@@ -45,6 +45,11 @@ GRID = [
     (["--data", "{empty class}"], "digit_9_extra holds no image"),
     (["--variant", "foo"], "--variant takes gnp, fgr, bgr, asam, db; got 'foo'"),
     (["--alpha", "0.5", "--r", "-1"], "r must be >= 0"),
+    (["--protocol", "greedy", "--alpha", "0.5"], "--protocol greedy sets --alpha itself"),
+    (["--protocol", "greedy", "--select", "holdout"], "--select holdout needs held-out training images"),
+    (["--recipe", "digits-cifar", "--protocol", "greedy", "--augmentation", "basic,cutout"],
+     "--augmentation sweeps several: run the protocol once per value"),
+    (["--holdout-images", "100"], "holdout_images is a count of CIFAR training images"),
 ]
 
 
