@@ -38,6 +38,22 @@ TABLE1 = {
 TABLES2_3 = {model: {"Standard": {}, "SAM": {}, "GNP": {}} for model in ("ViT_TI16", "ViT_S16")}
 CIFAR = {**TABLE1, **TABLES2_3}  # the tables name different networks
 
+# The tables as the paper lays them out: the networks of their rows (`complete`: every row the table has;
+# Table 1's other rows are not transcribed, so not known here), their columns (dataset, augmentation as the
+# rows name them), the errors they report, and the seeds behind each cell. Each network's rows: SCHEMES.
+SCHEMES = ("Standard", "SAM", "GNP")
+LAYOUTS = {
+    "Table 1": dict(title="CNNs on CIFAR-10 and CIFAR-100", models=tuple(TABLE1), complete=False,
+                    columns=(("cifar10", "basic"), ("cifar10", "cutout"), ("cifar100", "basic"),
+                             ("cifar100", "cutout")), metrics=("top-1",), seeds=5),
+    "Tables 2–3": dict(title="ViT from scratch on CIFAR-10 (Table 2) and CIFAR-100 (Table 3)",
+                       models=tuple(TABLES2_3), complete=True,
+                       columns=(("cifar10", "basic"), ("cifar10", "heavy"), ("cifar100", "basic"),
+                                ("cifar100", "heavy")), metrics=("top-1",), seeds=5),
+    "Table 4": dict(title="ImageNet", models=tuple(TABLE4), complete=True,
+                    columns=(("imagenet", "inception"),), metrics=("top-1", "top-5"), seeds=3),
+}
+
 
 def paper_errors(model: str, dataset: str, augmentation: str, scheme: str) -> tuple[float, float, float, float]:
     """(top-1 mean, top-1 std, top-5 mean, top-5 std) the paper reports for this cell; NaN where it reports
