@@ -91,7 +91,8 @@ def packing(configs: list[TrainConfig], workers: int, gpus_per_worker: float) ->
     if gpus_per_worker <= 0:
         return f"each trial: {workers} CPU workers, {images}"
     gpus = workers * gpus_per_worker
-    return (f"each trial: {workers} workers × {gpus_per_worker:g} GPU, {images}; an 8-GPU node runs "
+    shared = f" ({int(1 // gpus_per_worker)} trials share a GPU)" if gpus_per_worker < 1 else ""
+    return (f"each trial: {workers} workers × {gpus_per_worker:g} GPU{shared}, {images}; an 8-GPU node runs "
             f"{int(8 // gpus)} trial(s) at once")
 
 

@@ -288,6 +288,10 @@ def check_run_options(args) -> None:
         raise UserError(f"--max-failures must be >= 0 (or -1: unlimited), got {args.max_failures}")
     if (args.cpus_per_worker is not None and args.cpus_per_worker <= 0) or args.gpus_per_worker < 0:
         raise UserError("--cpus-per-worker must be > 0 and --gpus-per-worker >= 0")
+    if 0 < args.gpus_per_worker < 1 and args.workers > 1:
+        raise UserError(f"--gpus-per-worker {args.gpus_per_worker:g} packs trials onto a GPU and needs --workers 1 "
+                        f"(Ray may put two ranks of one trial on one GPU, which NCCL refuses); got --workers "
+                        f"{args.workers}: pass --workers 1 (a paper recipe also --perturbation-batch <its global batch>)")
 
 
 def grid_record(args, configs: list[TrainConfig], dataset: dict) -> dict:

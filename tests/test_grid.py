@@ -379,3 +379,14 @@ def test_the_token_is_made_private_and_a_readable_one_is_refused(tmp_path, monke
     path.chmod(0o644)
     with pytest.raises(UserError, match="chmod 600"):
         local.private_token()
+
+
+@pytest.mark.parametrize("workers,gpus,line", [
+    (4, 1.0, "each trial: 4 workers × 1 GPU, 64 images per rank; an 8-GPU node runs 2 trial(s) at once"),
+    (1, 0.25, "each trial: 1 workers × 0.25 GPU (4 trials share a GPU), 256 images per rank; an 8-GPU node "
+              "runs 32 trial(s) at once"),
+])
+def test_the_dry_run_shows_how_trials_pack_onto_gpus(workers, gpus, line):
+    from gnp.recipes import RECIPES
+
+    assert estimate.packing([RECIPES["cifar10-wrn28-10"]], workers, gpus) == line

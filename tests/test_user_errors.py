@@ -50,6 +50,7 @@ GRID = [
     (["--recipe", "digits-cifar", "--protocol", "greedy", "--augmentation", "basic,cutout"],
      "--augmentation sweeps several: run the protocol once per value"),
     (["--holdout-images", "100"], "holdout_images is a count of CIFAR training images"),
+    (["--gpus-per-worker", "0.5"], "--gpus-per-worker 0.5 packs trials onto a GPU and needs --workers 1"),
 ]
 
 
