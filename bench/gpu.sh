@@ -10,10 +10,11 @@
 # 3. bench/pipeline.py: the loader alone and the whole loop    -> pipeline.log, pipeline-*.json
 # 4. bench/cifar_data.py on the GPU: CIFAR's device-side data
 #    path against a WRN-16-4 step                              -> cifar_data.log, cifar_data-*.json
+# 5. bench/packing.py: WRN-28-10 GNP trials 1, 2 and 4 to a GPU -> packing.log, packing-*.json
 #
 # Each step runs under its own time limit and the next runs whatever happened; summary.txt lists their
 # exit codes (124: the time limit) and the script exits non-zero if any failed. The pipeline step reads the
-# GPU rates that step 2 wrote. Limits in seconds: TESTS_S, STEP_RATIO_S, VIT_STEP_S, PIPELINE_S, CIFAR_DATA_S; loader processes:
+# GPU rates that step 2 wrote. Limits in seconds: TESTS_S, STEP_RATIO_S, VIT_STEP_S, PIPELINE_S, CIFAR_DATA_S, PACKING_S; loader processes:
 # LOADER_WORKERS (default: CPUs - 4).
 set -u
 cd "$(dirname "$0")/.."
@@ -69,6 +70,9 @@ run pipeline "${PIPELINE_S:-160}" "$py" bench/pipeline.py --workers "1,$workers"
 
 run cifar_data "${CIFAR_DATA_S:-90}" "$py" bench/cifar_data.py --device cuda \
     --augmentations basic,cutout,mixcut,autoaugment+mixcut --json "$out"
+
+run packing "${PACKING_S:-120}" "$py" bench/packing.py --model WideResNet_28_10 --batch 256 --trials 1,2,4 \
+    --steps 15 --json "$out"
 
 echo "results in $out" | tee -a "$out/summary.txt"
 exit $status
