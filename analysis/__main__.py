@@ -73,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=KINDS,
         default="schemes",
         help="schemes: one chosen cell per scheme and model (paper Table 4, default); datasets: top-1 per "
-        "dataset × augmentation (Tables 1–3); cells: every variant, α and r; trials: every seed",
+        "dataset × augmentation (Tables 1–3); cells: every variant, α and r; trials: every seed; karakida: "
+        "F-GR, B-GR, GNP, SAM and DB side by side at matched (α, r), as Karakida et al. 2023 compare them",
     )
     table.add_argument(
         "--versus",
@@ -103,8 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
         "figures",
         parents=[_common("best")],
         help="write the figures as PNG and PDF",
-        description="Write error vs α with 95% intervals (paper Figure 2), the (α, r) heatmap of mean "
-        "error, and ‖g1‖ / error per epoch (Figure 3) for each model, as PNG and PDF.",
+        description="Write, as PNG and PDF: per model block, error vs α with 95% intervals (alpha-), the "
+        "(α, r) heatmap of mean error (heatmap-), ‖g1‖ and error per epoch (epochs-) and, where α > 1 ran, "
+        "paper Figure 3: its ‖∇L‖ and error per epoch against the best α in [0, 1] (fig3-); per model, paper "
+        "Figure 2: error vs α, a panel per r, a line per augmentation, standard, SAM and diverged cells "
+        "marked (fig2-).",
     )
     figures.add_argument("--out", required=True, help="folder for the figure files (created if missing)")
     report = sub.add_parser(

@@ -13,6 +13,9 @@ from gnp import variants
 _PALETTE = ("#000000", "#1f5fa8", "#c0282d", "#23843a", "#7b3fa0", "#8c564b", "#b35900", "#00707a", "#6b6b00")
 COLORS = {label: _PALETTE[i % len(_PALETTE)] for i, label in enumerate(SCHEMES)}
 OTHER = "#555555"  # a variant the registry does not know
+# Lines that are not a scheme (an augmentation, a cell with α > 1): never Standard's black or SAM's red, which
+# mark the standard and SAM points (and the reference) beside them.
+SERIES = tuple(c for c in _PALETTE if c not in (COLORS["Standard"], COLORS["SAM"]))
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "h")
 STYLES = ("-", "--", "-.", ":")
 
@@ -60,6 +63,11 @@ def integer_ticks(ax) -> None:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
-def legend(figure: Figure, ax, title: str) -> None:
-    figure.legend(*ax.get_legend_handles_labels(), loc="outside right upper", fontsize="small")
-    figure.suptitle(title, fontsize="medium")
+def legend(figure: Figure, axes: list, title: str) -> None:
+    """One legend for all panels, each label once (a panel may lack a series another has)."""
+    entries = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            entries.setdefault(label, handle)
+    figure.legend(list(entries.values()), list(entries), loc="outside right upper", fontsize="small")
+    figure.suptitle(title, x=0.01, ha="left", fontsize="medium")  # left: clear of a tall legend

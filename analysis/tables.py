@@ -1,10 +1,11 @@
 """The paper's tables as Markdown, LaTeX (a booktabs tabular) or CSV, and the comparison table.
 
-Four layouts: "schemes" (Table 4: one chosen cell per scheme and model, top-1 and top-5 error, cost beside
+Five layouts: "schemes" (Table 4: one chosen cell per scheme and model, top-1 and top-5 error, cost beside
 accuracy), "datasets" (Tables 1–3: top-1 error per dataset × augmentation), "cells" (every variant, α and r
-of the grid) and "trials" (every seed, for an appendix). Markdown and LaTeX show "mean ± std" with the best
-per model in bold and notes on how the numbers were chosen and what was left out; CSV gives the numbers
-behind the table (mean and std in their own columns) for spreadsheets.
+of the grid), "trials" (every seed, for an appendix) and "karakida" (F-GR, B-GR, GNP, SAM and DB side by
+side at matched (α, r), as Karakida et al. compare finite-difference gradient regularization). Markdown and
+LaTeX show "mean ± std" with the best per model in bold and notes on how the numbers were chosen and what
+was left out; CSV gives the numbers behind the table (mean and std in their own columns) for spreadsheets.
 """
 
 import pandas as pd
@@ -24,9 +25,11 @@ from analysis.summary import (
     trial_scores,
     with_schemes,
 )
+from gnp import variants
 
 FORMATS = ("md", "latex", "csv")
-KINDS = ("schemes", "datasets", "cells", "trials")
+KINDS = ("schemes", "datasets", "cells", "trials", "karakida")
+KARAKIDA = ("fgr", "bgr", "gnp", "sam", "db")  # the karakida table's columns, in this order
 
 
 def format_table(
@@ -50,6 +53,8 @@ def format_table(
     summary = summarize_trials(trials)
     if kind == "trials":
         frame = trials.sort_values([*block_of(trials), "alpha", "r", "variant", "seed"], ignore_index=True)
+    elif kind == "karakida":
+        frame = _karakida_cells(summary)
     else:
         frame = summary if kind == "cells" else select_schemes(summary)
     if versus is not None:
@@ -63,6 +68,7 @@ def format_table(
         "datasets": _dataset_table,
         "cells": _cell_table,
         "trials": _trial_table,
+        "karakida": _karakida_table,
     }
     table = layout[kind](frame)
     if versus is not None:
@@ -70,7 +76,8 @@ def format_table(
     if paper and kind == "schemes":
         _add_paper_column(table, frame)
     flagged = any("†" in text for row in table.rows for text in row)
-    table.notes = _notes(summary, trials, pick, kind, flagged, versus is not None) + table.notes
+    shown = frame if kind == "karakida" else summary  # its notes name only the cells it shows
+    table.notes = _notes(shown, trials, pick, kind, flagged, versus is not None) + table.notes
     if paper:
         table.notes.append(f"Paper: the errors {SOURCE} report for the same network, data and scheme (Table 4: "
                            "ImageNet, 3 seeds; Table 1: CIFAR, 5 seeds, means; Tables 2–3, ViT on CIFAR: not "
@@ -134,6 +141,63 @@ def _per_cell_table(frame: pd.DataFrame, label: str, names: pd.Series) -> Table:
         )
         previous = values
     return table
+
+
+def _karakida_cells(summary: pd.DataFrame) -> pd.DataFrame:
+    """The KARAKIDA variants' cells (ok or not) at each model's (α, r) pairs that at least two of them ran."""
+    cells = summary[summary["variant"].isin(KARAKIDA)]
+    shared = cells.groupby([*block_of(cells), "alpha", "r"])["variant"].transform("nunique") >= 2
+    if not shared.any():
+        held = [v for v in KARAKIDA if v in set(cells["variant"])]
+        if len(held) >= 2:
+            why = f"{', '.join(held)}, but never two at one (α, r)"
+        else:
+            why = f"only {held[0]}" if held else "none of them"
+        raise AnalysisError(
+            f"--kind karakida compares {', '.join(KARAKIDA)} at the same α and r; these results hold {why}; "
+            "run two of them on one grid, e.g. python -m jobs.grid --variant gnp,fgr,bgr --alpha 0.5 --r 0.05"
+        )
+    return cells[shared]
+
+
+def _karakida_table(frame: pd.DataFrame) -> Table:
+    """A row per model and (α, r), a column per variant: top-1 error at matched (α, r), lowest in bold."""
+    block, options = block_of(frame), block_of(frame)[len(BLOCK):]
+    held = [v for v in KARAKIDA if v in set(frame["variant"])]
+    labels = [f"{variants.REGISTRY[v].label} top-1 (%)" for v in held]
+    table = Table(
+        header=["Model", "Data", *options, "α", "r", *labels],
+        align="ll" + "l" * len(options) + "rr" + "r" * len(held),
+    )
+    previous = None
+    for key, row in frame.groupby([*block, "alpha", "r"]):
+        values, cells = key[:len(block)], row.set_index("variant").reindex(held)
+        best = cells["test_top1_err_mean"].eq(cells["test_top1_err_mean"].min())
+        table.add(
+            [
+                *_block_cells(row.iloc[0], values[:len(BLOCK)] != (previous or ())[:len(BLOCK)]),
+                *_option_cells(values[len(BLOCK):], values != previous),
+                number(key[-2], "g"),
+                number(key[-1], "g"),
+                *(_karakida_cell(cell) for cell in cells.itertuples()),
+            ],
+            [False] * (4 + len(options)) + list(best),
+            new_block=values != previous,
+        )
+        previous = values
+    table.notes.append(
+        "Every column runs the row's α and r (Karakida et al., ICML 2023): FGR and BGR, the forward and "
+        "backward finite differences, at ε = r and γ = α·r (θ ± r·g1); GNP and SAM step to θ + r·g1/‖g1‖; DB "
+        "is the exact gradient of L + α·r·‖∇L‖ by double backprop. A dash: that variant has no cell there."
+    )
+    return table
+
+
+def _karakida_cell(cell) -> str:
+    if pd.isna(cell.n):  # the variant did not run at this (α, r)
+        return DASH
+    diverged = f", {cell.diverged:g} diverged" if cell.diverged else ""
+    return f"{mean_std(cell.test_top1_err_mean, cell.test_top1_err_std)} (n = {cell.n:g}{diverged})"
 
 
 def _option_cells(values: tuple, first: bool) -> list[str]:
@@ -337,15 +401,18 @@ def _notes(
 def _scoring_note(pick: str, kind: str) -> str:
     if kind == "trials":
         return f"Test error in % of each trial (seed), scored at {_scored_at(pick)} (column Epoch; --pick {pick})."
+    best = "lowest in each row, at matched (α, r)" if kind == "karakida" else "best per model"
     return (
         f"Test error in %, mean ± sample std over the ok seeds, each trial scored at {_scored_at(pick)} "
-        f"(--pick {pick}); bold: best per model."
+        f"(--pick {pick}); bold: {best}."
     )
 
 
 def _scored_at(pick: str) -> str:
     if pick == "best":
         return "the epoch of its lowest test top-1 error, top-5 at that same epoch"
+    if pick == "holdout":
+        return "the epoch of its lowest error on its held-out training images"
     return "its last epoch"
 
 
@@ -358,6 +425,10 @@ def _selection_note(pick: str, kind: str) -> str:
         chosen.append("each trial's epoch (--pick final takes the last)")
     if kind in ("schemes", "datasets"):
         chosen.append("each scheme's α and r (python -m analysis compare tests cells named in advance)")
+    if pick == "holdout":
+        return text + ("Chosen on held-out training images (--holdout-images), never on the test set these "
+                       "errors are measured on: each trial's epoch" + (" and each scheme's α and r" if kind in (
+                           "schemes", "datasets") else "") + ".")
     if chosen:
         text += (
             "Chosen on the same validation set these errors are measured on, so the errors are optimistic: "

@@ -206,13 +206,13 @@ def test_titles_say_model_data_pick_and_n(study, tmp_path):
     assert block_title((*block, "official"), "best", pd.Series([2]), [*names, "mix"]).startswith(
         "smallcnn on digits (crop), recipe digits, mix = official · ")
     paths = make_figures(df, tmp_path / "fig", pick="final")
-    assert sorted({p.name.split("-")[0] for p in paths}) == ["alpha", "epochs", "heatmap"]
+    assert sorted({p.name.split("-")[0] for p in paths}) == ["alpha", "epochs", "fig2", "heatmap"]
 
 
 def test_the_figures_command_takes_pick(study, tmp_path, capsys):
     _, _, folder = study
     assert main(["figures", str(folder), "--out", str(tmp_path / "fig"), "--pick", "final"]) == 0
-    assert len(capsys.readouterr().out.splitlines()) == 6
+    assert len(capsys.readouterr().out.splitlines()) == 8
 
 
 def test_the_heatmap_puts_standard_under_alpha_0_when_alpha_goes_below(tmp_path):
