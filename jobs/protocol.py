@@ -6,7 +6,8 @@
     4 final      every --seeds of standard, SAM at the picked r, GNP at the picked (α, r)
 
 Every stage is a grid of the same experiment, so a trial two stages share (a search seed of a picked cell)
-runs once. Each pick is the cell of lowest mean selection error over the search seeds, by the rule
+runs once. Each pick is the cell of lowest mean selection error over the search seeds (a tie goes to the
+smaller value), by the rule
 --select names: `test`, the paper's (each trial's best test epoch: the test set picks, so the reported
 errors are optimistic), or `holdout` (each trial's best epoch and every cell on training images held out
 with --holdout-images; the test set is never looked at). The picks, the rule and the errors they were
@@ -93,6 +94,16 @@ def pick(results: str, experiment: str, configs, rule: str, field: str) -> tuple
     return float(ok.iloc[0][field]), errors
 
 
+def print_final(results: str, experiment: str, configs, select: str) -> None:
+    """The protocol's result: the final stage's cells alone (the search's single-seed cells left out)."""
+    import analysis
+
+    keys = {res.trial_key(c) for c in configs}
+    df = analysis.load_results(f"{results.rstrip('/')}/{experiment}")
+    print(f"== the protocol's result ({', '.join(RULES[select][1].split(' (')[:1])}):", flush=True)
+    print(analysis.format_table(df[df["trial_key"].isin(keys)], pick=RULES[select][0]), flush=True)
+
+
 def run(args, run_grid) -> int:
     """The stages in order through `run_grid` (jobs.grid.run), each pick recorded before the next starts."""
     check(args)
@@ -127,6 +138,8 @@ def run(args, run_grid) -> int:
             record["picks"][name] = {"value": value, "errors": errors, "seeds": axes["seeds"]}
             res.write_json(fs, path, record)
             print(f"stage {name} picked {name} = {value:g} by {RULES[args.select][1]}: {errors}", flush=True)
+    if not args.dry_run:
+        print_final(results, experiment, configs, args.select)
     if args.dry_run:
         print(f"the protocol: {len(to_go)} trials, {sum(to_go.values()):.3g} device-hours to go (a trial two "
               "stages share counted once; stages 3-4 at a placeholder r and α until stages 2-3 have picked: the "
