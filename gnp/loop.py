@@ -297,7 +297,7 @@ class Run:
         collapsed = self.scaler.is_enabled() and self.scaler.get_scale() < MIN_LOSS_SCALE
         diverged = not math.isfinite(train_loss) or collapsed
         top1, top5, n_val = (float("nan"), float("nan"), 0) if diverged else self.evaluate()
-        holdout, n_holdout = float("nan"), 0  # the held-out training images: what a selection reads
+        holdout, n_holdout = None, 0  # the held-out images' error (null without them): what selections read
         if self.holdout_loader is not None and not diverged:
             holdout, _, n_holdout = self.evaluate(self.holdout_loader)
         self.epoch += 1
