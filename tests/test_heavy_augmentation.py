@@ -143,9 +143,9 @@ def test_evaluation_resizes_the_test_images_to_the_training_size():
 
 def test_the_cifar_path_trains_and_evaluates_at_48_px_on_the_embedded_digits(digits_root):
     spec = datasets.get("digits-cifar")
-    train, val, classes = data.dataset_loaders(spec, spec.root(None), image_size=48, augmentation="heavy",
-                                               batch_size=16, workers=0, rank=0, world=1, seed=0,
-                                               device=torch.device("cpu"))
+    train, val, classes, _ = data.dataset_loaders(spec, spec.root(None), image_size=48, augmentation="heavy",
+                                                  batch_size=16, workers=0, rank=0, world=1, seed=0,
+                                                  device=torch.device("cpu"))
     assert classes == 10 and len(train) == 1437 // 16
     images, labels = next(iter(train))
     assert images.shape == (16, 3, 48, 48) and images.dtype == torch.float32 and labels.shape == (16,)
