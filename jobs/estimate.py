@@ -119,7 +119,7 @@ def print_plan(configs: list[TrainConfig], *, experiment: str, results: str, tra
         done = res.finished_trial(results, experiment, trial_key(cfg), cfg.epochs)
         to_run += not done
         rate = rate_for(cfg, on_gpu, rates) or (assumed_rate(cfg) if on_gpu else None)
-        images = cfg.epochs * train_images if train_images else None
+        images = cfg.epochs * (train_images - cfg.holdout_images) if train_images else None  # held out: not trained
         hours = images / rate["per_device"] / 3600 if rate and images else None
         if hours is None:
             missing += 1

@@ -390,3 +390,15 @@ def test_the_dry_run_shows_how_trials_pack_onto_gpus(workers, gpus, line):
     from gnp.recipes import RECIPES
 
     assert estimate.packing([RECIPES["cifar10-wrn28-10"]], workers, gpus) == line
+
+
+def test_the_dry_run_prices_a_holdout_grid_on_the_images_it_trains_on(tmp_path, capsys):
+    from gnp.recipes import get_recipe
+
+    plain = get_recipe("digits-cifar", seed=0)
+    held = plain.replace(holdout_images=437)
+    hours = [estimate.print_plan([c], experiment="e", results=str(tmp_path), train_images=1437, workers=2,
+                                 gpus_per_worker=1.0) for c in (plain, held)]
+    (a,), (b,) = (h.values() for h in hours)
+    assert b / a == pytest.approx(1000 / 1437)
+    assert "15,000" in capsys.readouterr().out  # 15 epochs × the 1,000 images left to train on
