@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The GPU tier and the benchmarks on one CUDA machine, in one command (under 10 minutes: the limits below):
+# The GPU tier and the benchmarks on one CUDA machine, in one command (its steps' limits below add up to 880 s:
+# on a machine lent for 10 minutes a command, run the steps one by one, each with its own limit):
 #
 #     bash bench/gpu.sh [OUTPUT_FOLDER]        # default: $OUT, else bench/results/gpu-<date>-<time>
 #
