@@ -9,9 +9,21 @@ from matplotlib.ticker import MaxNLocator
 from analysis.summary import SCHEMES, scheme_of
 from gnp import variants
 
-# In the registry's order of labels: Standard, GNP, SAM, FGR, BGR, ASAM, DB, then any later label.
-_PALETTE = ("#000000", "#1f5fa8", "#c0282d", "#23843a", "#7b3fa0", "#8c564b", "#b35900", "#00707a", "#6b6b00")
-COLORS = {label: _PALETTE[i % len(_PALETTE)] for i, label in enumerate(SCHEMES)}
+# Keyed by the scheme's name, so that a variant added to the registry recolours no other; a label without
+# its own colour takes a spare one, in the registry's order.
+_NAMED = {"Standard": "#000000", "GNP": "#1f5fa8", "SAM": "#c0282d", "FGR": "#23843a", "BGR": "#7b3fa0",
+          "ASAM": "#8c564b", "DB": "#b35900"}
+_SPARE = ("#00707a", "#6b6b00", "#a0306e", "#3d5a80")
+_PALETTE = (*_NAMED.values(), *_SPARE)
+
+
+def colors_for(labels) -> dict[str, str]:
+    """Each named scheme its own colour, the other labels the spare ones in their order."""
+    others = [label for label in labels if label not in _NAMED]
+    return {**_NAMED, **{label: _SPARE[i % len(_SPARE)] for i, label in enumerate(others)}}
+
+
+COLORS = colors_for(SCHEMES)
 OTHER = "#555555"  # a variant the registry does not know
 # Lines that are not a scheme (an augmentation, a cell with α > 1): never Standard's black or SAM's red, which
 # mark the standard and SAM points (and the reference) beside them.

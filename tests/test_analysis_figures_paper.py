@@ -230,3 +230,11 @@ def test_the_karakida_table_needs_two_of_its_variants_at_one_alpha_and_r(tmp_pat
     assert main(["table", str(tmp_path), "--kind", "karakida"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "gnp, sam, but never two at one (α, r)" in err
+
+
+def test_a_variant_added_to_the_registry_recolours_no_other():
+    from analysis.style import COLORS, colors_for
+
+    grown = colors_for(("Standard", "NEW", "GNP", "SAM", "FGR", "BGR", "ASAM", "DB"))
+    assert all(grown[label] == COLORS[label] for label in COLORS)
+    assert grown["NEW"] not in COLORS.values()
