@@ -26,8 +26,7 @@ from gnp import datasets
 from gnp.errors import UserError
 from jobs import local, options
 from jobs import results as res
-from jobs.driver import (  # noqa: F401  (TRIAL_DRIVER_CPU: the cluster configs are sized with it)
-    TRIAL_DRIVER_CPU,
+from jobs.driver import (
     check_fits,
     driver_resources,
     fit_grid,

@@ -328,7 +328,7 @@ def test_no_entrypoint_passes_precision_flags():
 
 def test_a_trial_fits_on_one_gpu_node():
     """4 workers x 1 GPU x 10 CPUs (+ the trial driver's sliver) fit the node types / worker pods."""
-    from jobs.grid import TRIAL_DRIVER_CPU
+    from jobs.driver import TRIAL_DRIVER_CPU
 
     for name, argv in entrypoints().items():
         args = importlib.import_module(argv[2]).build_parser().parse_args(argv[3:])
