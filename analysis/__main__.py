@@ -26,13 +26,7 @@ from analysis.load import load_results
 from analysis.report import default_out, write_report
 from analysis.summary import PICKS, summarize, with_schemes
 from analysis.tables import FORMATS, KINDS, format_comparison, format_table
-
-
-class _Parser(argparse.ArgumentParser):
-    """Usage mistakes as one line and exit 2, like every other bad input."""
-
-    def error(self, message: str):
-        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+from gnp.errors import OneLineParser
 
 
 def _common(pick: str) -> argparse.ArgumentParser:
@@ -55,7 +49,7 @@ def _common(pick: str) -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = OneLineParser(
         prog="python -m analysis", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = p.add_subparsers(dest="command", required=True)

@@ -1,4 +1,7 @@
-"""One exception type for user mistakes, so every command line can print it as one line and exit 2."""
+"""One exception type for user mistakes, so every command line can print it as one line and exit 2, and the
+argument parser every command line uses, which does the same for its own usage mistakes."""
+
+import argparse
 
 
 class UserError(ValueError):
@@ -12,3 +15,10 @@ def one_line(err: Exception) -> str:
     if len(lines) > 1 and ": " in lines[-1]:
         return lines[-1].split(": ", 1)[1]
     return lines[0] if lines else type(err).__name__
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """A usage mistake as one line and exit 2, like every other bad input (no usage block)."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from gnp import datasets, variants
 from gnp.config import FIELDS, base_type, differences, parse_value
-from gnp.errors import UserError, one_line
+from gnp.errors import OneLineParser, UserError, one_line
 from gnp.recipes import RECIPES, get_recipe
 
 
@@ -33,16 +33,10 @@ def typed(name: str):
     return convert
 
 
-class Parser(argparse.ArgumentParser):
-    def error(self, message):
-        """Bad input is one line and exit 2, as for every other mistake (no usage block)."""
-        self.exit(2, f"error: {message} (python -m gnp.train --help lists the options)\n")
-
-
 def build_parser(recipe: str = "digits") -> argparse.ArgumentParser:
     """One option per config field, its help ending with `recipe`'s value."""
     base = RECIPES.get(recipe, RECIPES["digits"]).replace(out=f"runs/{recipe}")
-    p = Parser(prog="python -m gnp.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(prog="python -m gnp.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--recipe", default="digits", help=f"one of: {', '.join(RECIPES)} (default: digits)")
     for name, f in FIELDS.items():
         if name == "recipe":

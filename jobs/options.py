@@ -15,7 +15,7 @@ import re
 
 from gnp import variants
 from gnp.config import FIELDS, RUNTIME, TrainConfig, base_type, parse_value, ranks_for, trial_key, validate
-from gnp.errors import UserError
+from gnp.errors import OneLineParser, UserError
 from gnp.recipes import RECIPES, get_recipe
 
 AXES = {"seed": "seeds"}  # a field whose grid option has another name
@@ -45,12 +45,6 @@ def swept_fields() -> list[str]:
 
 def numeric_lists() -> tuple[str, ...]:
     return tuple(flag(n) for n in swept_fields() if base_type(n) in (int, float))
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message):
-        """Bad input is one line and exit 2, as for every other mistake (no usage block)."""
-        self.exit(2, f"error: {message}\n")
 
 
 def checked(name: str, text: str):
@@ -106,7 +100,7 @@ def field_help(name: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     from jobs import grid  # the module docstring is the --help text
 
-    p = Parser(prog="python -m jobs.grid", description=grid.__doc__,
+    p = OneLineParser(prog="python -m jobs.grid", description=grid.__doc__,
                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--recipe", default="digits",
                    help=f"the preset the values start from: {', '.join(RECIPES)}")
