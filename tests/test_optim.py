@@ -301,8 +301,18 @@ def test_a_bf16_autocast_step_is_the_fp32_step_within_bf16_precision():
     assert not torch.equal(bf16, fp32)
 
 
-def test_checkpoint_round_trip_continues_bit_identically():
-    kw = dict(alpha=0.5, r=0.05, lr=LR, momentum=0.9, nesterov=True, weight_decay=1e-3)
+ROUND_TRIPS = {  # base optimizer: (its settings, the state it must checkpoint, the decay groups after loading)
+    "sgd": (dict(base_optimizer=torch.optim.SGD, alpha=0.5, momentum=0.9, nesterov=True, weight_decay=1e-3),
+            {"momentum_buffer"}, dict(l2=1e-3, weight_decay=0)),
+    "adamw": (dict(base_optimizer=torch.optim.AdamW, alpha=0.8, weight_decay=0.3, weight_decay_mode="base"),
+              {"exp_avg", "exp_avg_sq", "step"}, dict(l2=0, weight_decay=0.3)),
+}
+
+
+@pytest.mark.parametrize("base", list(ROUND_TRIPS))
+def test_checkpoint_round_trip_continues_bit_identically(base):
+    settings, state_keys, groups = ROUND_TRIPS[base]
+    kw = dict(r=0.05, lr=LR, **settings)
     straight = mlp()
     opt = GNP(straight, **kw)
     for i in range(4):
@@ -316,11 +326,12 @@ def test_checkpoint_round_trip_continues_bit_identically():
     torch.save({"model": first.state_dict(), "optimizer": opt.state_dict()}, buffer)
     buffer.seek(0)
     saved = torch.load(buffer, weights_only=True)
+    assert state_keys <= set(saved["optimizer"]["state"][0])
     resumed = mlp(seed=123)
     resumed.load_state_dict(saved["model"])
     opt = GNP(resumed, **kw)
     opt.load_state_dict(saved["optimizer"])
-    assert opt.param_groups[0]["l2"] == 1e-3 and opt.param_groups[0]["weight_decay"] == 0
+    assert {k: opt.param_groups[0][k] for k in groups} == groups
     for i in range(2, 4):
         opt.step(closure_for(resumed, *batch(seed=10 + i)))
     for p, q in zip(straight.parameters(), resumed.parameters(), strict=True):
