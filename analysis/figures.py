@@ -179,11 +179,7 @@ def epoch_figure(rows: pd.DataFrame, title: str) -> Figure:
                 label=text,
             )
     axes[0].set_ylabel(r"mean $\|g_1\|$ over the epoch")
-    axes[1].set_ylabel("test top-1 error (%), mean over seeds")
-    for ax in axes:
-        ax.set_xlabel("epoch")
-        integer_ticks(ax)
-        ax.grid(alpha=0.3)
+    _epoch_axes(axes)
     legend(figure, axes, title)
     return figure
 
@@ -287,11 +283,7 @@ def growth_figure(rows: pd.DataFrame, final: pd.DataFrame, title: str) -> Figure
         _curves(axes, means.loc[(cell.variant, cell.alpha, cell.r)], style)
     axes[0].set_yscale("log")
     axes[0].set_ylabel(r"mean $\|\nabla L\|$ over the epoch (log)")
-    axes[1].set_ylabel("test top-1 error (%), mean over seeds")
-    for ax in axes:
-        ax.set_xlabel("epoch")
-        integer_ticks(ax)
-        ax.grid(alpha=0.3)
+    _epoch_axes(axes)
     legend(figure, axes, f"{title}\nα > 1 against the best α in [0, 1] (lowest mean final top-1 error)")
     return figure
 
@@ -299,3 +291,12 @@ def growth_figure(rows: pd.DataFrame, final: pd.DataFrame, title: str) -> Figure
 def _curves(axes: list, curve: pd.DataFrame, style: dict) -> None:
     for ax, column in zip(axes, ("grad_norm", "test_top1_err"), strict=True):
         ax.plot(curve.index, curve[column], **style)
+
+
+def _epoch_axes(axes) -> None:
+    """The per-epoch figures' shared frame: epochs on x, the error panel's label, a light grid."""
+    axes[1].set_ylabel("test top-1 error (%), mean over seeds")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        integer_ticks(ax)
+        ax.grid(alpha=0.3)
