@@ -274,7 +274,7 @@ class Run:
         seen = 0
         k = min(5, self.num_classes)
         with swapped_buffers(self.model, averaged_buffers(self.model, self.world)):
-            for images, targets in loader or self.val_loader:
+            for images, targets in self.val_loader if loader is None else loader:  # an empty part stays empty
                 images = to_device(images, self.device, self.memory_format)
                 targets = targets.to(self.device, non_blocking=True)
                 with self.autocast():
