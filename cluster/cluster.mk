@@ -113,12 +113,12 @@ cluster-render:
 	@echo "wrote $(CLUSTER_CONFIG) $(CLUSTER_POLICIES)"
 
 cluster-check: $(VENV)/.installed
-	$(PY) cluster/check.py $(CLUSTER_CONFIG) $(CLUSTER_POLICIES) cluster/Dockerfile
+	$(PY) cluster/check.py $(CLUSTER_CONFIG) $(CLUSTER_POLICIES)
 
 # ray up runs autoscaler v2 (RAY_UP_enable_autoscaler_v2=1, said explicitly; Ray's default since 2.50): the
 # config's RAY_AUTOSCALER_RECONCILE_RAY_INSTALL_STATUS_TIMEOUT_S is one of its settings.
 cluster-up: $(VENV)/.installed cluster-render
-	$(PY) cluster/check.py $(CLUSTER_CONFIG) $(CLUSTER_POLICIES) cluster/Dockerfile
+	$(PY) cluster/check.py $(CLUSTER_CONFIG) $(CLUSTER_POLICIES)
 	@$(PY) -c "import boto3" 2>/dev/null || $(PY) -m pip install --quiet boto3  # ray up talks to EC2 through boto3
 	$(PY) cluster/aws_setup.py $(CLUSTER_CONFIG) $(CLUSTER_POLICIES)
 	$(PY) cluster/check.py $(CLUSTER_CONFIG)
@@ -169,15 +169,14 @@ kuberay-render:
 	  echo "wrote $(CLUSTER_BUILD)/$$(basename $$f)"; \
 	done
 
-# Before applying: the operator is KubeRay >= 1.6 (an older one drops authOptions.secretName), its CRDs drop
-# no field of the manifests, and the manifests pass cluster/check.py with the NetworkPolicy of the prereqs.
+# Before applying: the manifests pass cluster/check.py with the NetworkPolicy of the prereqs, and the API server
+# validates them against the installed CRDs without creating anything. --validate=strict makes a field a CRD
+# would drop an error (KubeRay < 1.6's CRD drops authOptions.secretName: the cluster would not take our token).
 kuberay-preflight: $(VENV)/.installed
 	@test -f $(CLUSTER_BUILD)/kuberay-rayjob.yaml || { echo "error: run make kuberay-render first" >&2; exit 2; }
-	kubectl get pods -A -l app.kubernetes.io/component=kuberay-operator -o yaml > $(CLUSTER_BUILD)/kuberay-operator.yaml
-	kubectl get crd rayclusters.ray.io rayjobs.ray.io -o yaml > $(CLUSTER_BUILD)/kuberay-crds.yaml
-	$(PY) cluster/check.py --kuberay-operator $(CLUSTER_BUILD)/kuberay-operator.yaml \
-	  --crds $(CLUSTER_BUILD)/kuberay-crds.yaml $(KUBERAY_PREREQS) \
-	  $(addprefix $(CLUSTER_BUILD)/,$(notdir $(KUBERAY_MANIFESTS))) cluster/Dockerfile
+	$(PY) cluster/check.py $(KUBERAY_PREREQS) $(addprefix $(CLUSTER_BUILD)/,$(notdir $(KUBERAY_MANIFESTS)))
+	kubectl apply --dry-run=server --validate=strict -f $(KUBERAY_PREREQS) \
+	  $(addprefix -f $(CLUSTER_BUILD)/,$(notdir $(KUBERAY_MANIFESTS)))
 
 # The prereqs (idempotent), then the RayJob; --validate=strict makes the API server refuse unknown fields.
 kuberay-up: kuberay-preflight
