@@ -18,7 +18,6 @@ import ray.train
 import ray.train.torch
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
-from ray.train.torch.config import _set_torch_distributed_env_vars, _TorchBackend
 from ray.train.v2.api.callback import UserCallback
 
 from gnp import checkpoint
@@ -26,6 +25,7 @@ from gnp.config import TrainConfig
 from jobs import results
 from jobs.local import LOOPBACK
 from jobs.options import Placement
+from jobs.ray_private import TorchBackend, set_torch_distributed_env_vars
 
 _listener: socket.socket | None = None  # rank 0's rendezvous socket, from bind to the process group's start
 
@@ -53,7 +53,7 @@ def _join_on_loopback(backend: str, world_rank: int, world: int, port: int, time
     dist.init_process_group(backend, store=store, rank=world_rank, world_size=world, timeout=timeout)
 
 
-class _LoopbackBackend(_TorchBackend):
+class _LoopbackBackend(TorchBackend):
     """On a node bound to 127.0.0.1 (the local cluster), the rendezvous store listens there too.
 
     torch's TCPStore listens on every interface; Ray Train's setup gives it no say. Elsewhere (a real
@@ -66,7 +66,7 @@ class _LoopbackBackend(_TorchBackend):
         address, port = worker_group.execute_single(0, _listen_on_loopback)
         if address != LOOPBACK:
             return super().on_start(worker_group, backend_config)
-        worker_group.execute(_set_torch_distributed_env_vars)
+        worker_group.execute(set_torch_distributed_env_vars)
         ray.get([worker_group.execute_single_async(rank, _join_on_loopback, backend=backend_config.backend,
                                                    world_rank=rank, world=len(worker_group), port=port,
                                                    timeout_s=backend_config.timeout_s)
@@ -172,3 +172,8 @@ def rows_of(result: ray.train.Result) -> list[dict]:
     ckpt = result.checkpoint
     with ckpt.filesystem.open_input_stream(f"{ckpt.path}/{checkpoint.ROWS_FILENAME}") as stream:
         return json.loads(stream.read())
+
+
+def rows_at(checkpoint_path: str) -> list[dict]:
+    """The same from a checkpoint's path (a local folder or a URI): what Tune saw last of a stopped trial."""
+    return results.read_json(*results.resolve(f"{checkpoint_path.rstrip('/')}/{checkpoint.ROWS_FILENAME}"))
