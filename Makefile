@@ -48,11 +48,14 @@ CIFAR_PAPER_GRID = --recipe $(CIFAR_RECIPE) --data $(DATA) $(CIFAR_SEEDS) \
 	--alpha 0,0.8,1 --r 0.1 --workers 4 --gpus-per-worker 1 $(EXPERIMENT_ARG)
 # PROTOCOL=greedy: the paper's search instead (standard; r in {0.01, ..., 0.2} with SAM; alpha in {0.1, ..., 0.9}
 # at the best r; then the seeds of each scheme's best), one resumable command; SELECT=holdout HOLDOUT=5000 picks
-# on held-out training images instead of the test set. Without DATA, a small version on the digits.
+# on held-out training images instead of the test set; ASHA=1 stops unpromising search trials (stages 2-3) early.
+# Without DATA, a small version on the digits.
 PROTOCOL ?=
 SELECT ?= test
 HOLDOUT ?=
-PROTOCOL_ARGS = --protocol $(PROTOCOL) --select $(SELECT) $(if $(HOLDOUT),--holdout-images $(HOLDOUT)) $(EXPERIMENT_ARG)
+ASHA ?=
+PROTOCOL_ARGS = --protocol $(PROTOCOL) --select $(SELECT) $(if $(HOLDOUT),--holdout-images $(HOLDOUT)) \
+	$(if $(ASHA),--asha) $(EXPERIMENT_ARG)
 CIFAR_PROTOCOL = $(if $(DATA),--recipe $(CIFAR_RECIPE) --data $(DATA) $(if $(PYRAMIDNET),$(THREE_SEEDS),$(FIVE_SEEDS)) \
 	--workers 4 --gpus-per-worker 1,--recipe digits-cifar --seeds 0,1 --search-r 0.02,0.05,0.1 --search-alpha 0.3,0.5,0.8 \
 	--epochs 10 --workers 2 --cpus-per-worker 0.49) $(PROTOCOL_ARGS)

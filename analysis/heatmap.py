@@ -85,7 +85,7 @@ def _column_names(grid: pd.DataFrame, alphas: list[float], with_standard: bool) 
 
 def _text(row) -> str:
     if row.n == 0:
-        return "div" if row.diverged else "failed"
+        return "div" if row.diverged else "failed" if row.failed else "stopped"
     return f"{row.test_top1_err_mean:.2f}" + ("†" if row.incomplete else "")
 
 

@@ -17,6 +17,7 @@ from analysis import paper
 from analysis.errors import AnalysisError
 from analysis.figures import make_figures
 from analysis.render import DASH, Table, markdown, mean_std
+from analysis.schema import LOST
 from analysis.summary import (
     BLOCK,
     block_of,
@@ -129,7 +130,7 @@ def _cell(layout: dict, key: dict, hit) -> dict:
         paper_note = "not in the paper"
     else:
         paper_note = "paper: not transcribed" if math.isnan(paper_mean) else ""
-    names = (f"{column}_mean", f"{column}_std", "n", "seeds_planned", "diverged", "failed", "alpha", "r")
+    names = (f"{column}_mean", f"{column}_std", "n", "seeds_planned", *LOST, "alpha", "r")
     ours = {c: getattr(hit, c) if hit is not None else math.nan for c in names}
     mean, std = ours.pop(f"{column}_mean"), ours.pop(f"{column}_std")
     diff = mean - paper_mean
@@ -208,8 +209,8 @@ def _selection(pick: str) -> str:
         "holdout": "Neither looks at the test set the errors are measured on.",
     }[pick]
     return (
-        f"Selection: {_SCORED[pick]}; mean ± sample std over its ok seeds (diverged and failed trials never "
-        f"averaged in); per network, column and scheme, the (α, r) of lowest mean {by} error "
+        f"Selection: {_SCORED[pick]}; mean ± sample std over its ok seeds (stopped, diverged and failed "
+        f"trials never averaged in); per network, column and scheme, the (α, r) of lowest mean {by} error "
         f"(analysis.summary.select_schemes, as the paper chooses). {honesty}"
     )
 
@@ -249,7 +250,7 @@ def _grid(cells: pd.DataFrame, text, metrics: bool) -> pd.DataFrame:
 
 def _parts(c) -> tuple[str, ...]:
     """A comparison cell: ours, the paper's, Δ with its within-spread flag, n."""
-    lost = ", ".join(f"{int(k)} {s}" for s, k in (("diverged", c.diverged), ("failed", c.failed)) if k > 0)
+    lost = ", ".join(f"{int(getattr(c, s))} {s}" for s in LOST if getattr(c, s) > 0)
     ours = mean_std(c.mean, c.std) if c.n > 0 else "missing" + (f" ({lost})" if lost else "")
     parts = [ours, c.paper_note or f"paper {mean_std(c.paper_mean, c.paper_std)}"]
     if not math.isnan(c.diff):
@@ -268,7 +269,7 @@ def _choice(c) -> str:
 
 _COST = (
     "Device-hours: per trial, its epochs' wall time × workers (analysis.summary.trial_scores), summed "
-    "over every trial of the table, ok, diverged or failed, and every (α, r) of the grid, not only the "
+    "over every trial of the table, whatever its status, and every (α, r) of the grid, not only the "
     "chosen ones. GPU: trials whose rows name a GPU device; trials on CPUs (or an unknown device) are "
     "counted apart. Ray's own time (starting worker groups, checkpoints) is not in it."
 )

@@ -37,7 +37,7 @@ RESULT_SCHEMA = pa.schema(
         pa.field("wall_s", pa.float64()),  # this epoch's wall seconds
         pa.field("workers", pa.int64(), nullable=False),
         pa.field("device", pa.string(), nullable=False),  # e.g. "cpu", "NVIDIA H100 80GB HBM3"
-        pa.field("status", pa.string(), nullable=False),  # ok | diverged | failed
+        pa.field("status", pa.string(), nullable=False),  # ok | stopped (early, by ASHA) | diverged | failed
         pa.field("code_version", pa.string(), nullable=False),
         # the trial's wall seconds from Ray starting it (before its worker group) to its result file, summed
         # over restarts; the same on every row of the trial; null where not recorded
@@ -64,4 +64,5 @@ RESULT_SCHEMA = pa.schema(
 OPTIONAL = ("trial_wall_s", "val_images", "skipped_steps", "regularized_steps", "dataset_id", "started_at",
             "ended_at", "config", "holdout_top1_err", "holdout_images")
 
-STATUSES = ("ok", "diverged", "failed")
+STATUSES = ("ok", "stopped", "diverged", "failed")  # a trial's status: the last of its rows' in this order
+LOST = STATUSES[1:]  # a trial of these is counted beside a mean, never in it

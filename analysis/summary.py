@@ -1,7 +1,7 @@
 """Per-trial scores, mean ± std over seeds per configuration, and the paper's choice of (α, r) per scheme.
 
-Only trials whose status is "ok" are averaged; diverged and failed trials are counted beside the mean, so a
-configuration that diverges for some seeds can never look better than it is. A trial is scored at one
+Only trials whose status is "ok" are averaged; stopped (early, by ASHA), diverged and failed trials are
+counted beside the mean, so a configuration that diverges for some seeds can never look better than it is. A trial is scored at one
 epoch for both metrics (its last, or the one of its lowest top-1 error), never at two different epochs.
 """
 
@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from analysis.errors import AnalysisError
-from analysis.schema import RESULT_SCHEMA, STATUSES
+from analysis.schema import LOST, RESULT_SCHEMA, STATUSES
 from gnp import models, variants
 from gnp.config import FIELDS, RUNTIME
 from gnp.config import value_text as option_text
@@ -152,6 +152,7 @@ def summarize_trials(trials: pd.DataFrame) -> pd.DataFrame:
         "incomplete",
         "diverged",
         "failed",
+        "stopped",
         "device_hours",
         "images_per_s",
         "selection_err_mean",
@@ -210,14 +211,14 @@ def choose(cells: pd.DataFrame, key: list[str]) -> pd.DataFrame:
 def select_schemes(summary: pd.DataFrame) -> pd.DataFrame:
     """For each model block and scheme, the cell with the lowest mean top-1 error (then top-5), as the paper
     chooses; a scheme none of whose cells has an ok seed keeps a row with no α, r or error and the
-    diverged and failed counts of all its cells."""
+    stopped, diverged and failed counts of all its cells."""
     cells = with_schemes(summary)
     block = block_of(summary)
     key = [*block, "scheme"]
     best = choose(cells, key).set_index(key)
     none_ok = best.index[best["n"] == 0]
     best.loc[none_ok, ["alpha", "r"]] = float("nan")
-    best.loc[none_ok, ["diverged", "failed"]] = cells.groupby(key)[["diverged", "failed"]].sum().loc[none_ok]
+    best.loc[none_ok, list(LOST)] = cells.groupby(key)[list(LOST)].sum().loc[none_ok]
     best = best.reset_index()
     columns = [*block, "scheme", *CORE, *summary.columns.drop(cell_of(summary))]
     best = best.assign(rank=best["scheme"].map(scheme_rank)).sort_values([*block, "rank"])

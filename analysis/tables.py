@@ -14,6 +14,7 @@ from analysis import comparison
 from analysis.errors import AnalysisError
 from analysis.paper import SOURCE, paper_errors
 from analysis.render import DASH, Table, duration, mean_std, number, render
+from analysis.schema import LOST
 from analysis.summary import (
     BLOCK,
     block_of,
@@ -196,8 +197,8 @@ def _karakida_table(frame: pd.DataFrame) -> Table:
 def _karakida_cell(cell) -> str:
     if pd.isna(cell.n):  # the variant did not run at this (α, r)
         return DASH
-    diverged = f", {cell.diverged:g} diverged" if cell.diverged else ""
-    return f"{mean_std(cell.test_top1_err_mean, cell.test_top1_err_std)} (n = {cell.n:g}{diverged})"
+    lost = "".join(f", {getattr(cell, s):g} {s}" for s in LOST if getattr(cell, s))
+    return f"{mean_std(cell.test_top1_err_mean, cell.test_top1_err_std)} (n = {cell.n:g}{lost})"
 
 
 def _option_cells(values: tuple, first: bool) -> list[str]:
@@ -372,27 +373,26 @@ def _notes(
     if selection:
         notes.append(selection)
     if flagged:
-        notes.append("† fewer ok seeds than planned (diverged, failed or missing trials).")
+        notes.append("† fewer ok seeds than planned (stopped, diverged, failed or missing trials).")
     if versus:
         notes.append(
             "Δ top-1: the row's cell minus the reference's, mean over the seeds both have with its 95% paired-t "
             "interval (Welch's t where they share fewer than 2 seeds); ‡ the interval excludes 0. "
             "python -m analysis compare gives the p-values and a bootstrap."
         )
-    bad = summary[(summary["diverged"] > 0) | (summary["failed"] > 0)]
+    bad = summary[(summary[list(LOST)] > 0).any(axis=1)]
     if len(bad) and kind != "trials":
         notes.append(
             "Not averaged in: "
             + "; ".join(
                 f"{row.model}/{row.dataset} {row.variant} α={row.alpha:g} r={row.r:g}: "
                 + ", ".join(
-                    f"{count} {status}"
-                    for status, count in (("diverged", row.diverged), ("failed", row.failed))
-                    if count
+                    f"{getattr(row, status)} {status}" for status in LOST if getattr(row, status)
                 )
                 for row in bad.itertuples(index=False)
             )
             + "."
+            + (" Stopped: a search trial ASHA ended early (--asha)." if bad["stopped"].any() else "")
         )
     notes.append(_cost_note(trials, kind))
     return notes
@@ -447,7 +447,7 @@ def _cost_note(trials: pd.DataFrame, kind: str) -> str:
     }.get(kind, "")
     text = (
         f"{per_trial}The grid: {cost.trials} trials, {cost.device_hours:.3g} device-hours in all "
-        "(ok, diverged and failed)"
+        "(ok, stopped, diverged and failed)"
     )
     if cost.ray_known == 0:
         return text + "; Ray's own wall time (starting worker groups, checkpoints) is not in these files."

@@ -35,7 +35,7 @@ def run_trial(config: dict, run: dict) -> None:
 
     cfg = TrainConfig(**config["train"])
     key = trial_key(cfg)
-    if res.finished_trial(run["results"], run["experiment"], key, cfg.epochs):
+    if res.finished_trial(run["results"], run["experiment"], key, cfg.epochs, stopped_is_done=run["asha"]):
         return  # already in the results: never run twice
     clock = TrialClock(run["train_storage"], key)
     result = fit_trial(cfg, Placement(**run["placement"]), storage=run["train_storage"], name=key,
@@ -58,11 +58,10 @@ def driver_resources(cluster: dict) -> dict:
 def node_limits() -> list[dict]:
     """The largest node of each kind the cluster can have: the autoscaler's node types, else today's nodes."""
     import ray
-    from ray._private.state import state
 
-    config = state.get_cluster_config()
-    groups = [dict(g.resources) for g in config.node_group_configs if g.max_count != 0] if config else []
-    return groups or [n["Resources"] for n in ray.nodes() if n["Alive"]]
+    from jobs import ray_private
+
+    return ray_private.autoscaler_node_types() or [n["Resources"] for n in ray.nodes() if n["Alive"]]
 
 
 def check_fits(placement, n_trials: int, max_concurrent: int | None) -> int:
@@ -72,14 +71,13 @@ def check_fits(placement, n_trials: int, max_concurrent: int | None) -> int:
     here before anything starts); a trial's workers are STRICT_PACKed, so one node must also hold them all.
     """
     import ray
-    from ray.train.v2._internal.exceptions import InsufficientClusterResourcesError
-    from ray.train.v2._internal.execution.worker_group.worker_group import WorkerGroup
+
+    from jobs import ray_private
 
     per_worker = placement.resources()
-    try:
-        WorkerGroup._check_cluster_resources_and_raise_if_insufficient(per_worker, placement.workers)
-    except InsufficientClusterResourcesError as err:
-        raise UserError(f"{str(err).splitlines()[1]} lower --workers or the resources per worker") from None
+    misfit = ray_private.worker_group_misfit(per_worker, placement.workers)
+    if misfit:
+        raise UserError(f"{misfit} lower --workers or the resources per worker")
     need = {k: v * placement.workers for k, v in per_worker.items()}
     driver = driver_resources(ray.cluster_resources())
     nodes = node_limits()
@@ -112,10 +110,13 @@ def logger_callbacks(names: list[str], experiment: str) -> list:
     return callbacks
 
 
-def fit_grid(configs: list[TrainConfig], *, run: dict, storage: str, concurrent: int, callbacks: list):
-    """Run every trial under Tune; returns {trial key: error} for the trials that failed for good."""
+def fit_grid(configs: list[TrainConfig], *, run: dict, storage: str, concurrent: int, callbacks: list,
+             scheduler=None) -> tuple[dict, dict]:
+    """Run every trial under Tune (stopping some early where `scheduler` is ASHA); returns {trial key:
+    error} for the trials that failed for good and {trial key: its last checkpoint's path} for every trial."""
     import ray
     from ray import tune
+    from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
 
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # the classic reporter: it shows the columns asked for below
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # Ctrl-C raises here, so it is never taken for a failure
@@ -126,8 +127,11 @@ def fit_grid(configs: list[TrainConfig], *, run: dict, storage: str, concurrent:
         trainable,
         param_space={"train": tune.grid_search([dataclasses.asdict(c) for c in configs])},
         # reuse_actors: a trial's driver process (torch, Ray Train and Tune imported) drives the next trial
+        # A trial ASHA stops ends with its actor, and its Train run with it (an actor reused for the next trial
+        # would keep the stopped trial's thread training): no reuse under a scheduler.
         tune_config=tune.TuneConfig(max_concurrent_trials=concurrent, trial_name_creator=name_of,
-                                    trial_dirname_creator=name_of, reuse_actors=True),
+                                    trial_dirname_creator=name_of, reuse_actors=scheduler is None,
+                                    scheduler=scheduler),
         run_config=tune.RunConfig(
             name=f"{run['experiment']}-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=storage, verbose=1,
             failure_config=tune.FailureConfig(max_failures=run["max_failures"]), callbacks=callbacks,
@@ -135,8 +139,33 @@ def fit_grid(configs: list[TrainConfig], *, run: dict, storage: str, concurrent:
                                                metric_columns=TABLE_METRICS, max_report_frequency=60),
         ),
     )
-    grid = tuner.fit()
-    return {trial_key(TrainConfig(**r.config["train"])): r.error for r in grid if r.error is not None}
+    grid = [(trial_key(TrainConfig(**r.config["train"])), r) for r in tuner.fit()]
+    return ({key: r.error for key, r in grid if r.error is not None},
+            {key: r.metrics.get(CHECKPOINT_PATH_KEY) for key, r in grid if r.metrics})
+
+
+def record_stopped(checkpoints: dict, errors: dict, configs: list[TrainConfig], run: dict) -> list[str]:
+    """The trials a scheduler stopped (neither failed nor written): their rows up to the epoch it stopped
+    them at, read from that epoch's checkpoint, each labelled `stopped`. Returns their keys.
+
+    ASHA also stops a trial at its last epoch, and Tune may end it before its driver has written it: such a
+    trial (or one that diverged) had ended, and is written as it ended."""
+    from jobs.trial import TrialClock, rows_at
+
+    stopped = []
+    for cfg in configs:
+        key = trial_key(cfg)
+        if key in errors or checkpoints.get(key) is None or res.finished_trial(
+                run["results"], run["experiment"], key, cfg.epochs, stopped_is_done=True):
+            continue
+        rows = rows_at(checkpoints[key])
+        if rows[-1]["epoch"] < cfg.epochs and rows[-1]["status"] == "ok":
+            rows = [{**row, "status": "stopped"} for row in rows]
+            stopped.append(key)
+        wall = TrialClock(run["train_storage"], key).earlier
+        res.write_trial(res.rows_for_trial(cfg, rows, **run["identity"], trial_wall_s=wall),
+                        run["results"], run["experiment"])
+    return stopped
 
 
 def record_failures(errors: dict, configs: list[TrainConfig], run: dict) -> None:

@@ -32,6 +32,7 @@ from jobs.driver import (
     fit_grid,
     logger_callbacks,
     record_failures,
+    record_stopped,
 )
 from jobs.options import Placement, build_parser  # noqa: F401  (python -m jobs.grid's parser, read by the cluster tests)
 
@@ -103,6 +104,7 @@ def run(args) -> int:
         return protocol.run(args, run)
     configs = options.grid_configs(args)
     options.check_run_options(args)
+    asha = asha_options(args, configs)
     experiment = args.experiment or args.recipe
     results = absolute(args.results)
     storage = absolute(args.storage or f"{results.rstrip('/')}/_ray")
@@ -126,6 +128,9 @@ def run(args) -> int:
     callbacks = logger_callbacks(args.logger, experiment)
     import ray
 
+    from jobs import ray_private
+
+    ray_private.check_version()
     if not ray.is_initialized():
         if on_cluster:
             ray.init(log_to_driver=True)
@@ -139,7 +144,13 @@ def run(args) -> int:
         dataset = remote_dataset(dataset_name, args.data, placement)
         check_batch(configs, dataset)
     record = check_record(args, configs, experiment, results, dataset)
-    todo = [c for c in configs if not res.finished_trial(results, experiment, res.trial_key(c), c.epochs)]
+    scheduler = None
+    if asha:
+        from ray.tune.schedulers import ASHAScheduler
+
+        scheduler = ASHAScheduler(**asha)
+    todo = [c for c in configs if not res.finished_trial(results, experiment, res.trial_key(c), c.epochs,
+                                                         stopped_is_done=scheduler is not None)]
     concurrent = len(todo) or 1
     if not args.no_resource_check:
         concurrent = check_fits(placement, len(todo), args.max_concurrent)
@@ -152,24 +163,45 @@ def run(args) -> int:
           f"each, {concurrent} at once; results in {results}/{experiment}", flush=True)
     run_context = dict(
         experiment=experiment, results=results, train_storage=f"{storage.rstrip('/')}/{experiment}-train",
-        placement=dataclasses.asdict(placement), max_failures=args.max_failures,
+        placement=dataclasses.asdict(placement), max_failures=args.max_failures, asha=scheduler is not None,
         identity=dict(experiment=experiment, seeds_planned=len(record["axes"]["seed"]),
                       version=res.code_version(), dataset_id=dataset["fingerprint"]),
     )
     errors = {}
     if todo:
         try:
-            errors = fit_grid(todo, run=run_context, storage=storage, concurrent=concurrent,
-                              callbacks=callbacks)
+            errors, checkpoints = fit_grid(todo, run=run_context, storage=storage, concurrent=concurrent,
+                                           callbacks=callbacks, scheduler=scheduler)
         except KeyboardInterrupt:
             print(f"interrupted; rerun the same command to resume {experiment} (finished trials are kept)",
                   file=sys.stderr, flush=True)
             return INTERRUPTED
         record_failures(errors, todo, run_context)
+        if scheduler is not None:
+            stopped = record_stopped(checkpoints, errors, todo, run_context)
+            print(f"ASHA stopped {len(stopped)} of {len(todo)} trials early: {', '.join(stopped) or 'none'}",
+                  flush=True)
     print_table(results, experiment)
     if errors:
         print(f"{len(errors)} trial(s) failed; rerun the same command to retry them", file=sys.stderr)
     return 1 if errors else 0
+
+
+def asha_options(args, configs) -> dict | None:
+    """Tune's ASHAScheduler's arguments for a protocol's search stage when --asha asks (None elsewhere:
+    never the reported seeds), checked before Ray starts.
+
+    Its metric is the error the protocol selects by, each epoch; a trial runs --asha-grace-epochs (default
+    a tenth of its epochs) before it can be stopped, and each rung keeps the best 1/η of the trials there."""
+    if not (args.asha and getattr(args, "stage", None) in ("r", "alpha")):
+        return None
+    epochs = max(c.epochs for c in configs)
+    grace = args.asha_grace_epochs or max(1, epochs // 10)
+    if grace >= epochs:
+        raise UserError(f"--asha-grace-epochs {grace} leaves ASHA nothing to stop in {epochs} epochs; lower it "
+                        "or drop --asha")
+    return dict(time_attr="epoch", metric="holdout_top1_err" if args.select == "holdout" else "test_top1_err",
+                mode="min", max_t=epochs, grace_period=grace, reduction_factor=args.asha_reduction)
 
 
 def print_table(results: str, experiment: str) -> None:

@@ -153,6 +153,15 @@ def build_parser() -> argparse.ArgumentParser:
     protocol.add_argument("--select", choices=("test", "holdout"), default="test",
                           help="what picks r, α and each trial's epoch: test (the paper's rule, optimistic) or "
                                "holdout (training images held out with --holdout-images; default test)")
+    protocol.add_argument("--asha", action="store_true",
+                          help="stop unpromising trials of stages 2-3 early (Tune's ASHA on the selection error "
+                               "per epoch); a stopped trial is labelled and never averaged, and the final stage's "
+                               "seeds always run to the end")
+    protocol.add_argument("--asha-grace-epochs", type=int,
+                          help="epochs every search trial runs before ASHA may stop it (default a tenth of the "
+                               "epochs, at least 1)")
+    protocol.add_argument("--asha-reduction", type=int, default=3,
+                          help="ASHA keeps the best 1/η at each rung (epochs grace·η^k); η (default 3)")
     return p
 
 
@@ -280,6 +289,13 @@ def check_run_options(args) -> None:
         raise UserError(f"--max-concurrent must be >= 1, got {args.max_concurrent}")
     if args.max_failures < -1:
         raise UserError(f"--max-failures must be >= 0 (or -1: unlimited), got {args.max_failures}")
+    if (args.asha or args.asha_grace_epochs is not None) and not args.protocol:
+        raise UserError("--asha stops trials early in the greedy protocol's search stages only (never the "
+                        "reported seeds); add --protocol greedy, or drop --asha")
+    if args.asha_grace_epochs is not None and not args.asha:
+        raise UserError("--asha-grace-epochs sets ASHA's grace period; add --asha")
+    if (args.asha_grace_epochs is not None and args.asha_grace_epochs < 1) or args.asha_reduction < 2:
+        raise UserError("--asha-grace-epochs must be >= 1 and --asha-reduction >= 2")
     if (args.cpus_per_worker is not None and args.cpus_per_worker <= 0) or args.gpus_per_worker < 0:
         raise UserError("--cpus-per-worker must be > 0 and --gpus-per-worker >= 0")
     if 0 < args.gpus_per_worker < 1 and args.workers > 1:

@@ -15,6 +15,11 @@ made on go to <results>/<experiment>/_protocol.json and are printed. Rerunning t
 stage it stopped in: finished stages are read, not rerun. --dry-run lists every stage's trials and the
 protocol's device-hours, stages 3 and 4 priced at a placeholder until the earlier stages have picked (their
 cost does not depend on which r or α is picked).
+
+--asha stops unpromising trials of stages 2 and 3 early (Tune's ASHA on the selection error per epoch):
+such a trial is kept as `stopped`, counted beside every mean and never in one, so a cell all of whose
+trials were stopped cannot be picked. The final stage never stops early: a search trial it shares that was
+stopped continues from its checkpoint to its last epoch.
 """
 
 import argparse
@@ -80,6 +85,7 @@ def pick(results: str, experiment: str, configs, rule: str, field: str) -> tuple
     """The value of `field` (r or alpha) of the stage's cell of lowest mean selection error, and every
     cell's error, from the stage's own trials."""
     import analysis
+    from analysis.schema import LOST
     from analysis.summary import summarize_trials, trial_scores
 
     keys = {res.trial_key(c) for c in configs}
@@ -88,9 +94,9 @@ def pick(results: str, experiment: str, configs, rule: str, field: str) -> tuple
     summary = summarize_trials(scores)
     ok = summary[summary["n"] > 0].sort_values(["selection_err_mean", field])
     if ok.empty:
-        raise UserError(f"every trial of stage {field} diverged or failed: nothing to pick; see the table above")
-    errors = {f"{v:g}": round(float(e), 4) for v, e in zip(summary[field], summary["selection_err_mean"],
-                                                            strict=True)}
+        raise UserError(f"every trial of stage {field} was stopped, diverged or failed: nothing to pick; see the table above")
+    errors = {f"{cell[field]:g}": round(float(cell["selection_err_mean"]), 4) if cell["n"] else
+              next(s for s in LOST if cell[s]) for _, cell in summary.iterrows()}
     return float(ok.iloc[0][field]), errors
 
 
@@ -116,6 +122,10 @@ def run(args, run_grid) -> int:
         raise UserError(f"experiment {experiment!r} picked by --select {record['select']}; rerun with it, or "
                         "choose a new --experiment")
     record = {"select": args.select, "rule": RULES[args.select][1], "picks": record.get("picks", {})}
+    from jobs.grid import asha_options
+
+    search = stage_args(args, "r", dict(stages(args, {}))["r"], experiment)
+    asha = asha_options(search, options.grid_configs(search))  # a wrong grace: refused before stage 1 runs
     picks = {name: entry["value"] for name, entry in record["picks"].items()}
     to_go = {}  # device-hours by trial key: a trial two stages share is counted once
     for number, name in enumerate(STAGES, start=1):
@@ -127,7 +137,9 @@ def run(args, run_grid) -> int:
             to_go.update(stage.planned_hours)
             continue
         configs = options.grid_configs(stage)
-        done = all(res.finished_trial(results, experiment, res.trial_key(c), c.epochs) for c in configs)
+        early = args.asha and name in ("r", "alpha")
+        done = all(res.finished_trial(results, experiment, res.trial_key(c), c.epochs, stopped_is_done=early)
+                   for c in configs)
         if not done:
             code = run_grid(stage)
             if code:
@@ -136,6 +148,8 @@ def run(args, run_grid) -> int:
             value, errors = pick(results, experiment, configs, args.select, name)
             picks[name] = value
             record["picks"][name] = {"value": value, "errors": errors, "seeds": axes["seeds"]}
+            if early:
+                record["picks"][name]["asha"] = {k: asha[k] for k in ("metric", "grace_period", "reduction_factor")}
             res.write_json(fs, path, record)
             print(f"stage {name} picked {name} = {value:g} by {RULES[args.select][1]}: {errors}", flush=True)
     if not args.dry_run:
@@ -143,5 +157,6 @@ def run(args, run_grid) -> int:
     if args.dry_run:
         print(f"the protocol: {len(to_go)} trials, {sum(to_go.values()):.3g} device-hours to go (a trial two "
               "stages share counted once; stages 3-4 at a placeholder r and α until stages 2-3 have picked: the "
-              "same cost, bar divergence)")
+              "same cost, bar divergence" + ("; --asha: stages 2-3 priced as if no trial stopped early" if args.asha
+                                             else "") + ")")
     return 0

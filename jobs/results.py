@@ -89,14 +89,18 @@ def write_trial(rows: list[dict], results: str, experiment: str) -> str:
     return final
 
 
-def finished_trial(results: str, experiment: str, key: str, epochs: int) -> bool:
-    """True when the trial's file holds all its epochs, or ended as diverged: nothing left to run."""
+def finished_trial(results: str, experiment: str, key: str, epochs: int, *, stopped_is_done: bool = False) -> bool:
+    """True when the trial's file holds all its epochs, or ended as diverged: nothing left to run.
+
+    A trial ASHA stopped early is done only for a grid that stops early (`stopped_is_done`); any other grid
+    continues it from its last checkpoint to its last epoch."""
     filesystem, root = resolve(results)
     path = f"{root.rstrip('/')}/{experiment}/{key}.parquet"
     if filesystem.get_file_info(path).type != pafs.FileType.File:
         return False
     table = pq.read_table(path, filesystem=filesystem, columns=["epoch", "status"]).to_pylist()
-    return any(r["status"] == "diverged" for r in table) or (
+    ended = {"diverged", "stopped"} if stopped_is_done else {"diverged"}
+    return any(r["status"] in ended for r in table) or (
         len(table) == epochs and all(r["status"] == "ok" for r in table)
     )
 

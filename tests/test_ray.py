@@ -455,3 +455,55 @@ def test_the_greedy_protocol_stopped_between_stages_resumes_and_picks_by_its_rul
     assert {(0.0, 0.0), (1.0, r), (alpha, r)} <= cells  # stage 4's cells, every one a search trial already
     assert df["trial_key"].nunique() == 1 + 2 + 2
     assert record["select"] == "holdout" and "never looked at" in record["rule"]
+
+
+def test_asha_stops_search_trials_and_the_final_stage_runs_its_seeds_to_the_end(cluster, tmp_path, monkeypatch):
+    """--asha: a stopped search trial is written as `stopped` with the epochs it ran, never averaged, its
+    Train run torn down with it; a cell all of whose trials stopped is never picked; the final stage
+    continues a stopped trial it shares to its last epoch. Tune's ASHA is replaced by one that stops a known
+    set of trials at their first epoch, so which trials stop does not hang on the noise of 2-epoch runs."""
+    from ray.tune import schedulers
+    from ray.util.state import list_actors
+
+    from analysis import format_table, load_results
+    from analysis.summary import summarize_trials, trial_scores
+
+    made = []
+
+    class StopsSeed1AndR01(schedulers.ASHAScheduler):
+        def __init__(self, **kwargs):
+            made.append(kwargs)
+            super().__init__(**kwargs)
+
+        def on_trial_result(self, tune_controller, trial, result):
+            train = trial.config["train"]
+            if train["seed"] == 1 or train["r"] == 0.1:
+                return self.STOP
+            return super().on_trial_result(tune_controller, trial, result)
+
+    monkeypatch.setattr(schedulers, "ASHAScheduler", StopsSeed1AndR01)
+    argv = ["--recipe", "digits-cifar", "--protocol", "greedy", "--search-r", "0.02,0.1", "--search-alpha", "0.5",
+            "--search-seeds", "0,1", "--seeds", "0,1", "--epochs", "2", "--batch-size", "64", "--workers", "1",
+            "--loader-workers", "0", "--asha", "--asha-grace-epochs", "1", "--results", str(tmp_path),
+            "--experiment", "asha"]
+    assert grid.main(argv) == 0
+    assert [m["grace_period"] for m in made] == [1, 1] and made[0]["metric"] == "test_top1_err"  # stages 2, 3
+    record = json.loads((tmp_path / "asha" / "_protocol.json").read_text())
+    assert record["picks"]["r"]["value"] == 0.02 and record["picks"]["r"]["errors"]["0.1"] == "stopped"
+    assert record["picks"]["r"]["asha"] == {"metric": "test_top1_err", "grace_period": 1, "reduction_factor": 3}
+    trials = trial_scores(load_results(tmp_path / "asha")).set_index(["alpha", "r", "seed"]).sort_index()
+    assert (trials.loc[(1.0, 0.1), "status"] == "stopped").all()
+    assert (trials.loc[(1.0, 0.1), "scored_epoch"] == 1).all()  # the rows up to the epoch ASHA stopped at
+    for alpha in (0.0, 0.5, 1.0):  # every final-stage trial ran to the end, seed 1's continued from epoch 1
+        rows = load_results(tmp_path / "asha").query(f"alpha == {alpha} and r in [0, 0.02]")
+        assert sorted(rows["epoch"]) == [1, 1, 2, 2] and set(rows["status"]) == {"ok"}, alpha
+    cell = summarize_trials(trials.reset_index()).query("alpha == 1 and r == 0.1").iloc[0]
+    assert (cell["n"], cell["stopped"]) == (0, 2)
+    table = format_table(load_results(tmp_path / "asha"), kind="cells")
+    assert "2 stopped" in table and "ASHA ended early" in table
+    alive = {a.class_name for a in list_actors(filters=[("state", "=", "ALIVE")])}
+    assert not alive & {"TrainController", "RayTrainWorker"}, alive  # no stopped trial still training
+    # A rerun has nothing left to run: the stopped search trials count as done under --asha.
+    before = {f.name: f.stat().st_mtime_ns for f in (tmp_path / "asha").glob("*.parquet")}
+    assert grid.main(argv) == 0
+    assert {f.name: f.stat().st_mtime_ns for f in (tmp_path / "asha").glob("*.parquet")} == before

@@ -49,6 +49,11 @@ GRID = [
     (["--protocol", "greedy", "--select", "holdout"], "--select holdout needs held-out training images"),
     (["--recipe", "digits-cifar", "--protocol", "greedy", "--augmentation", "basic,cutout"],
      "--augmentation sweeps several: run the protocol once per value"),
+    (["--asha"], "--asha stops trials early in the greedy protocol's search stages only"),
+    (["--protocol", "greedy", "--asha-grace-epochs", "2"], "--asha-grace-epochs sets ASHA's grace period; add --asha"),
+    (["--protocol", "greedy", "--asha", "--asha-reduction", "1"], "--asha-reduction >= 2"),
+    (["--protocol", "greedy", "--asha", "--asha-grace-epochs", "30", "--epochs", "30"],
+     "--asha-grace-epochs 30 leaves ASHA nothing to stop in 30 epochs"),
     (["--holdout-images", "100"], "holdout_images is a count of CIFAR training images"),
     (["--gpus-per-worker", "0.5"], "--gpus-per-worker 0.5 packs trials onto a GPU and needs --workers 1"),
 ]
