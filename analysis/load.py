@@ -9,7 +9,6 @@ folder or file name starts with "_" or "." are not trial files (the grid's `_ray
 
 import json
 import warnings
-from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
@@ -19,6 +18,7 @@ from pyarrow import fs as pafs
 
 from analysis.errors import AnalysisError
 from analysis.schema import OPTIONAL, RESULT_SCHEMA, STATUSES
+from gnp import storage
 
 ON_BAD = ("error", "skip")
 _FIX = "delete or rewrite it (or rerun its trial), or leave it out with --skip-bad / on_bad='skip'"
@@ -79,10 +79,8 @@ def _cell_value(value):
 
 
 def _resolve(text: str) -> tuple[pafs.FileSystem, str]:
-    if "://" not in text:
-        return pafs.LocalFileSystem(), str(Path(text).expanduser().resolve())
     try:
-        return pafs.FileSystem.from_uri(text)
+        return storage.resolve(text)
     except (pa.ArrowException, OSError) as err:
         raise AnalysisError(
             f"cannot open {text} ({err}); give a local folder or a URI like s3://bucket/dir"

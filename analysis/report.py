@@ -27,6 +27,7 @@ from analysis.summary import (
     summarize_trials,
     trial_scores,
 )
+from gnp import storage
 
 METRICS = {"top-1": ("test_top1_err", 0), "top-5": ("test_top5_err", 2)}  # our column, paper_errors index
 OUTSIDE = "outside the paper's tables"
@@ -50,7 +51,7 @@ CSS = (
 
 def default_out(results: str) -> Path:
     """RESULTS/report; a URI has no local folder beside it to write into."""
-    if "://" in str(results):
+    if storage.is_uri(results):
         raise AnalysisError(f"{results} is not a local folder; give the report a local folder with --out")
     return Path(results) / "report"
 

@@ -24,6 +24,8 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from gnp import storage
+
 INDEX = "index.json"
 DONE = ".staged"
 SHARD_BYTES = 1 << 30  # 1 GiB: ~150 shards for ImageNet, enough streams to fill a node's network
@@ -67,16 +69,8 @@ def pack(src, dst, shard_bytes: int = SHARD_BYTES) -> dict:
 # ---- stage (every node) ----------------------------------------------------------------------------------
 
 
-def _filesystem(uri: str):
-    from pyarrow import fs
-
-    if "://" not in uri:
-        return fs.LocalFileSystem(), str(Path(uri).resolve())
-    return fs.FileSystem.from_uri(uri)
-
-
 def read_index(uri: str) -> dict:
-    filesystem, root = _filesystem(uri)
+    filesystem, root = storage.resolve(uri)
     with filesystem.open_input_stream(f"{root.rstrip('/')}/{INDEX}", compression=None) as f:
         return json.loads(f.read())
 
@@ -103,7 +97,7 @@ def _extract_members(tar: tarfile.TarFile, dst: Path) -> tuple[int, int]:
 def extract_shard(uri: str, name: str, dst) -> tuple[str, int, int]:
     """Stream one shard from uri and unpack it into dst as it arrives; returns (name, files, bytes)."""
     dst = Path(dst)
-    filesystem, root = _filesystem(uri)
+    filesystem, root = storage.resolve(uri)
     with filesystem.open_input_stream(f"{root.rstrip('/')}/{name}", compression=None,
                                       buffer_size=8 << 20) as stream:
         with tarfile.open(fileobj=stream, mode="r|") as tar:

@@ -77,7 +77,7 @@ class TrainConfig:
     out: str = option("runs/default", "folder for this run's checkpoint and metrics", runtime=True)
     heartbeat_s: float = option(60.0, "seconds between rank 0's progress lines within an epoch (0: none)",
                                 runtime=True)
-    # ---- since the first release: hashed into the key only when not at their default ------------------
+    # ---- hashed into the key only when not at their default (so the keys of runs without them stay) -----
     variant_options: dict = option({}, "the variant's own settings as name=value (asam: eta)")
     perturbation_batch: int | None = option(
         None, "images each rank perturbs on and BatchNorm normalizes over (= batch_size / ranks); a grid "

@@ -17,7 +17,7 @@ from pathlib import Path
 from pyarrow import fs as pafs
 
 from analysis.load import read_trial
-from gnp import variants
+from gnp import storage, variants
 from gnp.config import TrainConfig, trial_key, value_text, varying_fields
 from jobs import results as res
 
@@ -27,7 +27,7 @@ BENCH = Path(__file__).resolve().parent.parent / "bench" / "results"
 def measured_rates(results: str) -> list[dict]:
     """{model, device, variant, per_device, source} from earlier rows, then from bench/results."""
     rates = []
-    filesystem, root = res.resolve(results)
+    filesystem, root = storage.resolve(results)
     selector = pafs.FileSelector(root, recursive=True, allow_not_found=True)
     for info in filesystem.get_file_info(selector):
         if info.type != pafs.FileType.File or not info.path.endswith(".parquet") or "/_ray" in info.path:

@@ -22,7 +22,7 @@ import os
 import sys
 from pathlib import Path
 
-from gnp import datasets
+from gnp import datasets, storage
 from gnp.errors import UserError
 from jobs import local, options
 from jobs import results as res
@@ -39,13 +39,9 @@ from jobs.options import Placement, build_parser  # noqa: F401  (python -m jobs.
 INTERRUPTED = 130  # the shell's code for a command stopped by Ctrl-C
 
 
-def absolute(location: str) -> str:
-    return location if "://" in location else str(Path(location).expanduser().resolve())
-
-
 def check_writable(results: str) -> None:
     """A local results folder must be creatable; checked without creating anything."""
-    if "://" in results:
+    if storage.is_uri(results):
         return
     folder = Path(results)
     while not folder.exists():
@@ -106,8 +102,8 @@ def run(args) -> int:
     options.check_run_options(args)
     asha = asha_options(args, configs)
     experiment = args.experiment or args.recipe
-    results = absolute(args.results)
-    storage = absolute(args.storage or f"{results.rstrip('/')}/_ray")
+    results = storage.absolute(args.results)
+    ray_storage = storage.absolute(args.storage or f"{results.rstrip('/')}/_ray")
     check_writable(results)
     on_cluster = bool(os.environ.get("RAY_ADDRESS"))
     dataset = None  # a cluster's data is identified on a worker node, unless this machine has it for a dry run
@@ -162,7 +158,7 @@ def run(args) -> int:
           f"({options.describe(dataset)}), {len(configs) - len(todo)} finished, {placement.workers} workers "
           f"each, {concurrent} at once; results in {results}/{experiment}", flush=True)
     run_context = dict(
-        experiment=experiment, results=results, train_storage=f"{storage.rstrip('/')}/{experiment}-train",
+        experiment=experiment, results=results, train_storage=f"{ray_storage.rstrip('/')}/{experiment}-train",
         placement=dataclasses.asdict(placement), max_failures=args.max_failures, asha=scheduler is not None,
         identity=dict(experiment=experiment, seeds_planned=len(record["axes"]["seed"]),
                       version=res.code_version(), dataset_id=dataset["fingerprint"]),
@@ -170,7 +166,7 @@ def run(args) -> int:
     errors = {}
     if todo:
         try:
-            errors, checkpoints = fit_grid(todo, run=run_context, storage=storage, concurrent=concurrent,
+            errors, checkpoints = fit_grid(todo, run=run_context, storage=ray_storage, concurrent=concurrent,
                                            callbacks=callbacks, scheduler=scheduler)
         except KeyboardInterrupt:
             print(f"interrupted; rerun the same command to resume {experiment} (finished trials are kept)",

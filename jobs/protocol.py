@@ -25,6 +25,7 @@ stopped continues from its checkpoint to its last epoch.
 import argparse
 import copy
 
+from gnp import storage
 from gnp.errors import UserError
 from jobs import options
 from jobs import results as res
@@ -115,7 +116,7 @@ def run(args, run_grid) -> int:
     check(args)
     experiment = args.experiment or args.recipe
     results = args.results
-    fs, path = res.resolve(results)
+    fs, path = storage.resolve(results)
     path = f"{path.rstrip('/')}/{experiment}/_protocol.json"
     record = res.read_json(fs, path) or {}
     if record and record.get("select") != args.select:

@@ -16,6 +16,7 @@ from pyarrow import fs as pafs
 
 from analysis.schema import RESULT_SCHEMA
 from gnp.config import TrainConfig, config_key, maths_fields, trial_key
+from gnp.storage import resolve
 
 
 def code_version() -> str:
@@ -37,13 +38,6 @@ def code_version() -> str:
             return "gnp-ray " + version("gnp-ray")
         except PackageNotFoundError:
             return "unknown"
-
-
-def resolve(location: str) -> tuple[pafs.FileSystem, str]:
-    """A local folder (made absolute) or a pyarrow filesystem URI such as s3://bucket/results."""
-    if "://" not in location:
-        location = str(Path(location).expanduser().resolve())
-    return pafs.FileSystem.from_uri(location)
 
 
 def rows_for_trial(cfg: TrainConfig, rows: list[dict], *, experiment: str, seeds_planned: int, version: str,

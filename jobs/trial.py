@@ -20,7 +20,7 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 from ray.train.v2.api.callback import UserCallback
 
-from gnp import checkpoint
+from gnp import checkpoint, storage
 from gnp.config import TrainConfig
 from jobs import results
 from jobs.local import LOOPBACK
@@ -92,7 +92,7 @@ class TrialClock(UserCallback):
         self.start = time.time()  # wall clock: the report arrives in Train's controller, another process
 
     def _file(self):
-        filesystem, root = results.resolve(self.storage)
+        filesystem, root = storage.resolve(self.storage)
         return filesystem, f"{root.rstrip('/')}/{self.name}/{self.FILENAME}"
 
     def elapsed(self) -> float:
@@ -104,7 +104,7 @@ class TrialClock(UserCallback):
 
 def quiet_console() -> None:
     """Ray Train logs each report (the metrics dict, per rank and epoch) and each checkpoint at INFO on the
-    worker's console, which the driver shows: 213 lines in the demo grid, the progress table lost among
+    worker's console, which the driver shows: hundreds of lines in a small grid, the progress table lost among
     them. The console keeps warnings and errors; Ray's log files (logs/train/ in the session) keep it all."""
     for logger in (logging.getLogger(), logging.getLogger("ray.train")):
         for handler in logger.handlers:
@@ -176,4 +176,4 @@ def rows_of(result: ray.train.Result) -> list[dict]:
 
 def rows_at(checkpoint_path: str) -> list[dict]:
     """The same from a checkpoint's path (a local folder or a URI): what Tune saw last of a stopped trial."""
-    return results.read_json(*results.resolve(f"{checkpoint_path.rstrip('/')}/{checkpoint.ROWS_FILENAME}"))
+    return results.read_json(*storage.resolve(f"{checkpoint_path.rstrip('/')}/{checkpoint.ROWS_FILENAME}"))
