@@ -4,7 +4,7 @@ A file that is not a result file (corrupt, another schema, unknown status) is ne
 load with its name, or is left out with a warning when the caller asks to skip bad files. Paths whose
 folder or file name starts with "_" or "." are not trial files (the grid's `_ray/` storage and
 `_grid.json`, temporary files) and are not read. A file written before an optional column existed
-(analysis.schema.OPTIONAL) loads with nulls in it; any other difference from the schema is a bad file.
+(gnp.rows.OPTIONAL) loads with nulls in it; any other difference from the schema is a bad file.
 """
 
 import json
@@ -17,8 +17,8 @@ import pyarrow.parquet as pq
 from pyarrow import fs as pafs
 
 from analysis.errors import AnalysisError
-from analysis.schema import OPTIONAL, RESULT_SCHEMA, STATUSES
 from gnp import storage
+from gnp.rows import OPTIONAL, RESULT_SCHEMA, STATUSES
 
 ON_BAD = ("error", "skip")
 _FIX = "delete or rewrite it (or rerun its trial), or leave it out with --skip-bad / on_bad='skip'"
@@ -135,7 +135,7 @@ def _read_trial(filesystem: pafs.FileSystem, path: str) -> pa.Table:
         raise _BadFile(f"not a readable Parquet file ({err})") from None
     problem = _schema_problem(table.schema)
     if problem:
-        raise _BadFile(f"its columns differ from analysis.schema.RESULT_SCHEMA ({problem})")
+        raise _BadFile(f"its columns differ from gnp.rows.RESULT_SCHEMA ({problem})")
     if table.num_rows == 0:
         raise _BadFile("it holds no rows")
     nulls = [f.name for f in RESULT_SCHEMA if not f.nullable and table[f.name].null_count]

@@ -17,7 +17,6 @@ from analysis import paper
 from analysis.errors import AnalysisError
 from analysis.figures import make_figures
 from analysis.render import DASH, Table, markdown, mean_std
-from analysis.schema import LOST
 from analysis.summary import (
     BLOCK,
     block_of,
@@ -28,6 +27,7 @@ from analysis.summary import (
     trial_scores,
 )
 from gnp import storage
+from gnp.rows import LOST
 
 METRICS = {"top-1": ("test_top1_err", 0), "top-5": ("test_top5_err", 2)}  # our column, paper_errors index
 OUTSIDE = "outside the paper's tables"

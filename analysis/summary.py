@@ -10,10 +10,10 @@ from dataclasses import dataclass
 import pandas as pd
 
 from analysis.errors import AnalysisError
-from analysis.schema import LOST, RESULT_SCHEMA, STATUSES
 from gnp import models, variants
 from gnp.config import FIELDS, RUNTIME
 from gnp.config import value_text as option_text
+from gnp.rows import LOST, RESULT_SCHEMA, STATUSES
 
 PICKS = ("best", "final", "holdout")
 METRICS = ("test_top1_err", "test_top5_err")

@@ -14,7 +14,6 @@ from analysis import comparison
 from analysis.errors import AnalysisError
 from analysis.paper import SOURCE, paper_errors
 from analysis.render import DASH, Table, duration, mean_std, number, render
-from analysis.schema import LOST
 from analysis.summary import (
     BLOCK,
     block_of,
@@ -27,6 +26,7 @@ from analysis.summary import (
     with_schemes,
 )
 from gnp import variants
+from gnp.rows import LOST
 
 FORMATS = ("md", "latex", "csv")
 KINDS = ("schemes", "datasets", "cells", "trials", "karakida")

@@ -86,8 +86,8 @@ def pick(results: str, experiment: str, configs, rule: str, field: str) -> tuple
     """The value of `field` (r or alpha) of the stage's cell of lowest mean selection error, and every
     cell's error, from the stage's own trials."""
     import analysis
-    from analysis.schema import LOST
     from analysis.summary import summarize_trials, trial_scores
+    from gnp.rows import LOST
 
     keys = {res.trial_key(c) for c in configs}
     df = analysis.load_results(f"{results.rstrip('/')}/{experiment}")

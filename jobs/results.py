@@ -14,8 +14,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pyarrow import fs as pafs
 
-from analysis.schema import RESULT_SCHEMA
 from gnp.config import TrainConfig, config_key, maths_fields, trial_key
+from gnp.rows import RESULT_SCHEMA
 from gnp.storage import resolve
 
 

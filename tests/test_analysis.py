@@ -18,7 +18,7 @@ import analysis
 from analysis import AnalysisError, format_table, load_results, make_figures, select_schemes, summarize
 from analysis.__main__ import main
 from analysis.render import DASH
-from analysis.schema import OPTIONAL, RESULT_SCHEMA
+from gnp.rows import OPTIONAL, RESULT_SCHEMA
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOCK = dict(recipe="digits", dataset="digits", augmentation="crop", model="smallcnn")

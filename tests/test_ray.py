@@ -22,10 +22,10 @@ import ray.cloudpickle
 import torch
 from ray.job_submission import JobSubmissionClient
 
-from analysis.schema import RESULT_SCHEMA
 from gnp import checkpoint
 from gnp.dataset_id import dataset_identity
 from gnp.recipes import get_recipe
+from gnp.rows import RESULT_SCHEMA
 from jobs import grid
 from jobs import results as res
 from jobs.local import free_port, stop, tree
@@ -475,11 +475,16 @@ def test_asha_stops_search_trials_and_the_final_stage_runs_its_seeds_to_the_end(
             made.append(kwargs)
             super().__init__(**kwargs)
 
+        @staticmethod
+        def chosen(trial) -> bool:
+            return trial.config["train"]["seed"] == 1 or trial.config["train"]["r"] == 0.1
+
         def on_trial_result(self, tune_controller, trial, result):
-            train = trial.config["train"]
-            if train["seed"] == 1 or train["r"] == 0.1:
-                return self.STOP
-            return super().on_trial_result(tune_controller, trial, result)
+            return self.STOP if self.chosen(trial) else super().on_trial_result(tune_controller, trial, result)
+
+        def on_trial_complete(self, tune_controller, trial, result):
+            if not self.chosen(trial):  # ASHA's rungs never see them: they could not stop the others
+                super().on_trial_complete(tune_controller, trial, result)
 
     monkeypatch.setattr(schedulers, "ASHAScheduler", StopsSeed1AndR01)
     argv = ["--recipe", "digits-cifar", "--protocol", "greedy", "--search-r", "0.02,0.1", "--search-alpha", "0.5",

@@ -1,6 +1,8 @@
-"""The result table's explicit schema: one row per trial per epoch.
+"""The result table's one declaration: one row per trial per epoch, as gnp.loop reports it (EPOCH_FIELDS)
+with the trial's identity the grid's writer adds (jobs.results.rows_for_trial), read back by analysis/.
 
-Shared by the writer (jobs/) and the reader (analysis/) so the two can never drift apart.
+The loop, the writer and the reader all use this module, so the three can never drift apart (tests check
+the loop's row and the writer's identity against it).
 Errors are in percent (0-100), as in the paper's tables; `wall_s` is the epoch's wall time, so a trial's
 device-hours are sum(wall_s) × workers / 3600. Columns added after files were first written come last, are
 nullable, and are listed in OPTIONAL: a file without them loads with nulls there.
@@ -60,6 +62,11 @@ RESULT_SCHEMA = pa.schema(
         pa.field("holdout_images", pa.int64()),
     ]
 )
+
+EPOCH_FIELDS = ("epoch", "epochs", "variant", "alpha", "r", "seed", "train_loss", "train_err", "test_top1_err",
+                "test_top5_err", "val_images", "holdout_top1_err", "holdout_images", "grad_norm", "skipped_steps",
+                "regularized_steps", "lr", "images_per_s", "wall_s", "workers", "device", "status", "started_at",
+                "ended_at")  # what gnp.loop reports each epoch; the writer adds the other columns
 
 OPTIONAL = ("trial_wall_s", "val_images", "skipped_steps", "regularized_steps", "dataset_id", "started_at",
             "ended_at", "config", "holdout_top1_err", "holdout_images")
