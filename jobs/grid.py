@@ -93,35 +93,65 @@ def check_record(args, configs, experiment: str, results: str, dataset: dict) ->
     return record
 
 
+@dataclasses.dataclass
+class Grid:
+    """A grid checked before Ray starts: its trials, where they go, and its data where this machine has it."""
+
+    configs: list
+    experiment: str
+    results: str
+    ray_storage: str
+    asha: dict | None  # ASHAScheduler's arguments on a protocol's search stage with --asha
+    dataset: dict | None  # None: a cluster's data, identified on a worker node once Ray is up
+    on_cluster: bool
+
+
 def run(args) -> int:
+    """Check all that needs no Ray, then print the plan (--dry-run) or start Ray and run the grid."""
     if args.protocol and not getattr(args, "stage", None):
         from jobs import protocol
 
         return protocol.run(args, run)
+    grid = prepare(args)
+    if args.dry_run:
+        return dry_run(args, grid)
+    callbacks = logger_callbacks(args.logger, grid.experiment)
+    start_ray(grid.on_cluster)
+    placement = placement_of(args)
+    if grid.dataset is None:
+        grid.dataset = remote_dataset(grid.configs[0].dataset, args.data, placement)
+        check_batch(grid.configs, grid.dataset)
+    return launch(args, grid, placement, callbacks)
+
+
+def prepare(args) -> Grid:
+    """The options, the results folder, ASHA's settings and (here) the data and the experiment's record."""
     configs = options.grid_configs(args)
     options.check_run_options(args)
-    asha = asha_options(args, configs)
-    experiment = args.experiment or args.recipe
     results = storage.absolute(args.results)
-    ray_storage = storage.absolute(args.storage or f"{results.rstrip('/')}/_ray")
     check_writable(results)
-    on_cluster = bool(os.environ.get("RAY_ADDRESS"))
-    dataset = None  # a cluster's data is identified on a worker node, unless this machine has it for a dry run
-    dataset_name = configs[0].dataset
-    if not on_cluster or args.data is None or (args.dry_run and Path(args.data).exists()):
-        dataset = local_dataset(dataset_name, args.data, args.recipe)
-    if dataset:
-        check_batch(configs, dataset)
-        check_record(args, configs, experiment, results, dataset)
-    if args.dry_run:
-        from jobs.estimate import print_plan
+    grid = Grid(configs, experiment=args.experiment or args.recipe, results=results,
+                ray_storage=storage.absolute(args.storage or f"{results.rstrip('/')}/_ray"),
+                asha=asha_options(args, configs), dataset=None, on_cluster=bool(os.environ.get("RAY_ADDRESS")))
+    if not grid.on_cluster or args.data is None or (args.dry_run and Path(args.data).exists()):
+        grid.dataset = local_dataset(configs[0].dataset, args.data, args.recipe)
+        check_batch(configs, grid.dataset)
+        check_record(args, configs, grid.experiment, results, grid.dataset)
+    return grid
 
-        args.planned_hours = print_plan(configs, experiment=experiment, results=results, workers=args.workers,
-                                        gpus_per_worker=args.gpus_per_worker, at_once=args.max_concurrent,
-                                        train_images=dataset["train_images"] if dataset
-                                        else datasets.get(dataset_name).train_images)
-        return 0
-    callbacks = logger_callbacks(args.logger, experiment)
+
+def dry_run(args, grid: Grid) -> int:
+    from jobs.estimate import print_plan
+
+    train_images = (grid.dataset or {}).get("train_images") or datasets.get(grid.configs[0].dataset).train_images
+    args.planned_hours = print_plan(grid.configs, experiment=grid.experiment, results=grid.results,
+                                    workers=args.workers, gpus_per_worker=args.gpus_per_worker,
+                                    at_once=args.max_concurrent, train_images=train_images)
+    return 0
+
+
+def start_ray(on_cluster: bool) -> None:
+    """Join the cluster of RAY_ADDRESS, or start a local one; refuse a Ray this project was not tested with."""
     import ray
 
     from jobs import ray_private
@@ -132,21 +162,30 @@ def run(args) -> int:
             ray.init(log_to_driver=True)
         else:
             print(f"started a local Ray cluster on 127.0.0.1; dashboard {local.start()}", flush=True)
-    # A CPU driver's sliver comes off the workers' CPUs, so that a trial fits a node's CPUs exactly.
+
+
+def placement_of(args) -> Placement:
+    """Each trial's workers; a CPU driver's sliver comes off the workers' CPUs, so that a trial fits a node's
+    CPUs exactly."""
+    import ray
+
     driver_cpu = driver_resources(ray.cluster_resources()).get("cpu", 0)
     cpus = args.cpus_per_worker or round(1 - driver_cpu / args.workers, 4)
-    placement = Placement(args.workers, args.gpus_per_worker, cpus)
-    if dataset is None:
-        dataset = remote_dataset(dataset_name, args.data, placement)
-        check_batch(configs, dataset)
-    record = check_record(args, configs, experiment, results, dataset)
+    return Placement(args.workers, args.gpus_per_worker, cpus)
+
+
+def launch(args, grid: Grid, placement: Placement, callbacks: list) -> int:
+    """Record the grid, run its unfinished trials under Tune, write the failed and stopped ones, print the
+    table; the exit code is 1 if a trial failed for good."""
+    experiment, results = grid.experiment, grid.results
+    record = check_record(args, grid.configs, experiment, results, grid.dataset)
     scheduler = None
-    if asha:
+    if grid.asha:
         from ray.tune.schedulers import ASHAScheduler
 
-        scheduler = ASHAScheduler(**asha)
-    todo = [c for c in configs if not res.finished_trial(results, experiment, res.trial_key(c), c.epochs,
-                                                         stopped_is_done=scheduler is not None)]
+        scheduler = ASHAScheduler(**grid.asha)
+    todo = [c for c in grid.configs if not res.finished_trial(results, experiment, res.trial_key(c), c.epochs,
+                                                              stopped_is_done=scheduler is not None)]
     concurrent = len(todo) or 1
     if not args.no_resource_check:
         concurrent = check_fits(placement, len(todo), args.max_concurrent)
@@ -154,19 +193,19 @@ def run(args) -> int:
         concurrent = args.max_concurrent
     res.write_grid(results, experiment, record)  # only now: a refused grid reserves no name
     where = args.data or "the embedded digits (no --data given)"
-    print(f"experiment {experiment}: {len(configs)} trials of {args.recipe} on {where} "
-          f"({options.describe(dataset)}), {len(configs) - len(todo)} finished, {placement.workers} workers "
-          f"each, {concurrent} at once; results in {results}/{experiment}", flush=True)
+    print(f"experiment {experiment}: {len(grid.configs)} trials of {args.recipe} on {where} "
+          f"({options.describe(grid.dataset)}), {len(grid.configs) - len(todo)} finished, {placement.workers} "
+          f"workers each, {concurrent} at once; results in {results}/{experiment}", flush=True)
     run_context = dict(
-        experiment=experiment, results=results, train_storage=f"{ray_storage.rstrip('/')}/{experiment}-train",
+        experiment=experiment, results=results, train_storage=f"{grid.ray_storage.rstrip('/')}/{experiment}-train",
         placement=dataclasses.asdict(placement), max_failures=args.max_failures, asha=scheduler is not None,
         identity=dict(experiment=experiment, seeds_planned=len(record["axes"]["seed"]),
-                      version=res.code_version(), dataset_id=dataset["fingerprint"]),
+                      version=res.code_version(), dataset_id=grid.dataset["fingerprint"]),
     )
     errors = {}
     if todo:
         try:
-            errors, checkpoints = fit_grid(todo, run=run_context, storage=ray_storage, concurrent=concurrent,
+            errors, checkpoints = fit_grid(todo, run=run_context, storage=grid.ray_storage, concurrent=concurrent,
                                            callbacks=callbacks, scheduler=scheduler)
         except KeyboardInterrupt:
             print(f"interrupted; rerun the same command to resume {experiment} (finished trials are kept)",
