@@ -34,7 +34,7 @@ from jobs.driver import (
     record_failures,
     record_stopped,
 )
-from jobs.options import Placement, build_parser  # noqa: F401  (python -m jobs.grid's parser, read by the cluster tests)
+from jobs.options import Placement
 
 INTERRUPTED = 130  # the shell's code for a command stopped by Ctrl-C
 

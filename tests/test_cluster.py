@@ -305,6 +305,14 @@ def entrypoints() -> dict[str, list[str]]:
     return {name: shlex.split(line) for name, line in lines.items()}
 
 
+def parsed(argv: list[str]):
+    """An entrypoint's arguments as `python -m jobs.grid` reads them (jobs.grid.main: options.parse_args)."""
+    from jobs import options
+
+    assert argv[2] == "jobs.grid", argv
+    return options.parse_args(argv[3:])
+
+
 def test_entrypoints_name_a_module_parser_and_recipe_that_exist():
     from gnp.recipes import get_recipe
 
@@ -312,8 +320,7 @@ def test_entrypoints_name_a_module_parser_and_recipe_that_exist():
         assert argv[:2] == ["python", "-m"], name
         module = argv[2]
         assert importlib.util.find_spec(module) is not None, f"{name}: no module {module}"
-        parser = importlib.import_module(module).build_parser()
-        args = parser.parse_args(argv[3:])  # argparse exits (SystemExit) on an unknown flag
+        args = parsed(argv)  # argparse exits (SystemExit) on an unknown flag
         recipe = get_recipe(args.recipe)
         assert recipe.dataset == "imagenet", name
         assert args.data == "/mnt/imagenet", name
@@ -326,7 +333,7 @@ def test_entrypoints_name_a_module_parser_and_recipe_that_exist():
 def test_no_entrypoint_passes_precision_flags():
     """The ImageNet recipes choose bf16 + channels_last on CUDA themselves."""
     for name, argv in entrypoints().items():
-        args = importlib.import_module(argv[2]).build_parser().parse_args(argv[3:])
+        args = parsed(argv)
         assert args.amp is None and args.channels_last is None, name
 
 
@@ -335,7 +342,7 @@ def test_a_trial_fits_on_one_gpu_node():
     from jobs.driver import TRIAL_DRIVER_CPU
 
     for name, argv in entrypoints().items():
-        args = importlib.import_module(argv[2]).build_parser().parse_args(argv[3:])
+        args = parsed(argv)
         gpus, cpus = args.workers * args.gpus_per_worker, args.workers * args.cpus_per_worker + TRIAL_DRIVER_CPU
         if name.startswith("kuberay"):
             for group in cluster_specs(RAYJOB)[0]["workerGroupSpecs"]:
