@@ -55,17 +55,33 @@ def driver_resources(cluster: dict) -> dict:
     return {TRIAL_DRIVER: 1, "cpu": 0} if cluster.get(TRIAL_DRIVER) else {"cpu": TRIAL_DRIVER_CPU}
 
 
-def node_limits() -> list[dict]:
-    """The largest node of each kind the cluster can have: the autoscaler's node types, else today's nodes."""
+def node_limits() -> list[tuple[dict, int | None]]:
+    """Each kind of node the cluster can have and at most how many (None: no limit): the autoscaler's node
+    types, else today's nodes, one each."""
     import ray
 
     from jobs import ray_private
 
-    return ray_private.autoscaler_node_types() or [n["Resources"] for n in ray.nodes() if n["Alive"]]
+    return ray_private.autoscaler_node_types() or [(n["Resources"], 1) for n in ray.nodes() if n["Alive"]]
 
 
-def check_fits(placement, n_trials: int, max_concurrent: int | None) -> int:
-    """Trials that fit at once; a trial no node can hold is a one-line error now, not a silent wait.
+def trials_at_once(need: dict, nodes: list[tuple[dict, int | None]], n_trials: int, max_concurrent: int | None,
+                   drivers: float | None = None) -> int:
+    """Trials the cluster holds side by side at its largest: per kind of node, the trials one node holds
+    (a trial's workers share a node; packed trials share its GPUs) times how many such nodes, and no more
+    than the head's trial drivers, --max-concurrent or the trials. Never more: a trial beyond it would only
+    wait for a worker group, its driver and Train controller sitting on the head meanwhile."""
+    fits = 0
+    for node, count in nodes:
+        per_node = min(math.floor((node.get(k, 0) + 1e-9) / v) for k, v in need.items() if v)
+        fits += per_node * (n_trials if count is None else count)
+    limits = [n_trials, fits, *([max_concurrent] if max_concurrent else []), *([int(drivers)] if drivers else [])]
+    return max(1, min(limits))
+
+
+def check_fits(placement, n_trials: int, max_concurrent: int | None, strict: bool = True) -> int:
+    """Trials that fit at once (trials_at_once); with `strict`, a trial no node can hold is a one-line error
+    now, not a silent wait.
 
     Train V2 checks the whole worker group against the autoscaler's maximum cluster (its own check, run
     here before anything starts); a trial's workers are STRICT_PACKed, so one node must also hold them all.
@@ -75,22 +91,21 @@ def check_fits(placement, n_trials: int, max_concurrent: int | None) -> int:
     from jobs import ray_private
 
     per_worker = placement.resources()
-    misfit = ray_private.worker_group_misfit(per_worker, placement.workers)
+    need = {k: v * placement.workers for k, v in per_worker.items()}
+    nodes = node_limits()
+    misfit = ray_private.worker_group_misfit(per_worker, placement.workers) if strict else None
     if misfit:
         raise UserError(f"{misfit} lower --workers or the resources per worker")
-    need = {k: v * placement.workers for k, v in per_worker.items()}
-    driver = driver_resources(ray.cluster_resources())
-    nodes = node_limits()
-    best = max(nodes, key=lambda n: min(n.get(k, 0) / v for k, v in need.items()), default={})
+    best = max((n for n, _ in nodes), key=lambda n: min(n.get(k, 0) / v for k, v in need.items()), default={})
     for kind, amount in need.items():
-        if amount > best.get(kind, 0) + 1e-9:
+        if strict and amount > best.get(kind, 0) + 1e-9:
             flag = {"GPU": "--gpus-per-worker", "CPU": "--cpus-per-worker"}.get(kind, "the resources")
             raise UserError(f"each trial needs {amount:g} {kind} on one node ({placement.workers} workers × "
                             f"{per_worker[kind]:g}) but the largest node has {best.get(kind, 0):g}; lower "
                             f"--workers or {flag}")
-    need["CPU"] = need.get("CPU", 0) + driver.get("cpu", 0)  # a CPU driver sits beside its workers
-    fits = sum(min(math.floor((node.get(k, 0) + 1e-9) / v) for k, v in need.items() if v) for node in nodes)
-    return max(1, min([n_trials, fits] + ([max_concurrent] if max_concurrent else [])))
+    cluster = ray.cluster_resources()
+    need["CPU"] = need.get("CPU", 0) + driver_resources(cluster).get("cpu", 0)  # a CPU driver beside its workers
+    return trials_at_once(need, nodes, n_trials, max_concurrent, drivers=cluster.get(TRIAL_DRIVER))
 
 
 def logger_callbacks(names: list[str], experiment: str) -> list:

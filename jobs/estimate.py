@@ -135,11 +135,13 @@ def print_plan(configs: list[TrainConfig], *, experiment: str, results: str, tra
               f"{'yes' if done else 'no':<8} {_count(images):>9} {_count(rate and rate['per_device']):>10} "
               f"{'?' if hours is None else f'{hours:.3g}':>9}  {_source(rate)}")
     print(packing(configs, workers, gpus_per_worker))
+    where = "(--max-concurrent, or what the cluster holds)" if at_once else (
+        "(on one 8-GPU node; on a cluster, as many as it holds at its largest)" if on_gpu else "(--max-concurrent)")
     at_once = at_once or (max(1, int(8 // (workers * gpus_per_worker))) if on_gpu else 1)
     without = f"; {missing} trial(s) without a rate" if missing else ""
     print(f"{len(configs)} trials, {to_run} to run: {todo:.3g} device-hours to go, {total:.3g} in all; "
           f"about {wall_hours(wall, at_once):.3g} h of wall time with {at_once} trial(s) at once "
-          f"(--max-concurrent){without}")
+          f"{where}{without}")
     for source, devices in sources.items():
         print(_caveat(source, devices))
     return hours_to_go

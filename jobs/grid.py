@@ -141,12 +141,17 @@ def prepare(args) -> Grid:
 
 
 def dry_run(args, grid: Grid) -> int:
+    """The plan; on a cluster (RAY_ADDRESS), with the trials it holds at once, read from it (nothing starts)."""
     from jobs.estimate import print_plan
 
+    at_once = args.max_concurrent
+    if grid.on_cluster:
+        start_ray(on_cluster=True)
+        at_once = check_fits(placement_of(args), len(grid.configs), args.max_concurrent, strict=False)
     train_images = (grid.dataset or {}).get("train_images") or datasets.get(grid.configs[0].dataset).train_images
     args.planned_hours = print_plan(grid.configs, experiment=grid.experiment, results=grid.results,
                                     workers=args.workers, gpus_per_worker=args.gpus_per_worker,
-                                    at_once=args.max_concurrent, train_images=train_images)
+                                    at_once=at_once, train_images=train_images)
     return 0
 
 
@@ -186,11 +191,7 @@ def launch(args, grid: Grid, placement: Placement, callbacks: list) -> int:
         scheduler = ASHAScheduler(**grid.asha)
     todo = [c for c in grid.configs if not res.finished_trial(results, experiment, res.trial_key(c), c.epochs,
                                                               stopped_is_done=scheduler is not None)]
-    concurrent = len(todo) or 1
-    if not args.no_resource_check:
-        concurrent = check_fits(placement, len(todo), args.max_concurrent)
-    elif args.max_concurrent:
-        concurrent = args.max_concurrent
+    concurrent = check_fits(placement, len(todo), args.max_concurrent, strict=not args.no_resource_check)
     res.write_grid(results, experiment, record)  # only now: a refused grid reserves no name
     where = args.data or "the embedded digits (no --data given)"
     print(f"experiment {experiment}: {len(grid.configs)} trials of {args.recipe} on {where} "

@@ -133,7 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     ray.add_argument("--storage",
                      help="Ray storage folder or URI (default <results>/_ray); shared by all nodes")
     ray.add_argument("--no-resource-check", action="store_true",
-                     help="skip the check that one trial fits the cluster before anything starts")
+                     help="skip the check that one trial fits a node before anything starts (the trials run "
+                          "at once are still no more than the cluster holds)")
     ray.add_argument("--logger", choices=LOGGERS, action="append", default=[],
                      help="also log every trial's metrics to MLflow or Weights & Biases (pip install "
                           "'gnp-ray[tracking]'); TensorBoard files are always written")

@@ -7,6 +7,7 @@ group reads the latest back with `ray.train.get_checkpoint()` and gnp resumes it
 import dataclasses
 import json
 import logging
+import os
 import shutil
 import socket
 import tempfile
@@ -25,7 +26,13 @@ from gnp.config import TrainConfig
 from jobs import results
 from jobs.local import LOOPBACK
 from jobs.options import Placement
-from jobs.ray_private import TorchBackend, set_torch_distributed_env_vars
+from jobs.ray_private import WORKER_GROUP_START_TIMEOUT_ENV, TorchBackend, set_torch_distributed_env_vars
+
+# A worker group that cannot start waits this long per try (an autoscaled GPU node may need an hour to boot,
+# pull the image and stage ImageNet), and is tried this many more times, then the trial fails: Train's
+# default is a traceback a minute, forever.
+WORKER_GROUP_START_TIMEOUT_S = 3600
+WORKER_GROUP_START_RETRIES = 3
 
 _listener: socket.socket | None = None  # rank 0's rendezvous socket, from bind to the process group's start
 
@@ -150,6 +157,7 @@ def fit_trial(cfg: TrainConfig, placement: Placement, *, storage: str, name: str
     """
     if not placement.use_gpu and cfg.threads == 0:
         cfg = cfg.replace(threads=max(1, int(placement.cpus_per_worker)))
+    os.environ.setdefault(WORKER_GROUP_START_TIMEOUT_ENV, str(WORKER_GROUP_START_TIMEOUT_S))  # to the controller
     trainer = TorchTrainer(
         loop,
         train_loop_config={"train": dataclasses.asdict(cfg)},
@@ -159,7 +167,8 @@ def fit_trial(cfg: TrainConfig, placement: Placement, *, storage: str, name: str
                                      placement_strategy="STRICT_PACK"),
         run_config=ray.train.RunConfig(
             name=name, storage_path=storage, callbacks=list(callbacks),
-            failure_config=FailureConfig(max_failures=max_failures),
+            failure_config=FailureConfig(max_failures=max_failures,
+                                         controller_failure_limit=WORKER_GROUP_START_RETRIES),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),
         torch_config=LoopbackTorchConfig(backend="nccl" if placement.use_gpu else "gloo"),
