@@ -56,6 +56,21 @@ def local_dataset(dataset: str, data: str | None, recipe: str = "") -> dict:
     return spec.identify(spec.root(data, recipe))
 
 
+def identify_options(placement: Placement, nodes: list[dict]) -> dict:
+    """Where the data's identity is taken: on a node of the workers' kind that is up (`nodes`: ray.nodes()),
+    holding none of its GPUs, so that it never waits for a GPU that trials (of this grid or another) hold;
+    only where no GPU node is up yet does it ask for a GPU, which brings one up as a trial would."""
+    options = dict(num_cpus=min(1.0, placement.cpus_per_worker))
+    if not placement.use_gpu:
+        return options
+    gpu_nodes = [n["NodeID"] for n in nodes if n["Alive"] and n["Resources"].get("GPU", 0) > 0]
+    if not gpu_nodes:
+        return {**options, "num_gpus": placement.gpus_per_worker}
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return {**options, "scheduling_strategy": NodeAffinitySchedulingStrategy(gpu_nodes[0], soft=False)}
+
+
 def remote_dataset(dataset: str, data: str, placement) -> dict:
     """The same, on a node where the workers run (a cluster's data sits on its worker nodes)."""
     import ray
@@ -66,8 +81,7 @@ def remote_dataset(dataset: str, data: str, placement) -> dict:
         except UserError as err:
             return str(err)
 
-    task = ray.remote(identify).options(num_cpus=min(1.0, placement.cpus_per_worker),
-                                        num_gpus=placement.gpus_per_worker)
+    task = ray.remote(identify).options(**identify_options(placement, ray.nodes()))
     found = ray.get(task.remote(dataset, data))
     if isinstance(found, str):
         raise UserError(found)

@@ -63,3 +63,15 @@ def test_a_worker_group_that_cannot_start_is_tried_a_bounded_number_of_times(mon
     # Train's default: retried forever
     forever = DefaultFailurePolicy(FailureConfig(max_failures=3))
     assert all(forever.make_decision(timeout) == FailureDecision.RETRY for _ in range(50))
+
+
+def test_the_data_is_identified_on_an_up_gpu_node_without_holding_a_gpu():
+    from jobs.grid import identify_options
+
+    gpu = dict(NodeID="a" * 56, Alive=True, Resources={"CPU": 96, "GPU": 8})
+    head = dict(NodeID="b" * 56, Alive=True, Resources={"CPU": 8})
+    options = identify_options(Placement(4, 1, 10), [head, gpu])
+    assert "num_gpus" not in options and options["num_cpus"] == 1.0
+    assert options["scheduling_strategy"].node_id == gpu["NodeID"] and not options["scheduling_strategy"].soft
+    assert identify_options(Placement(4, 1, 10), [head]) == {"num_cpus": 1.0, "num_gpus": 1}  # none up: bring one
+    assert identify_options(Placement(2, 0, 0.49), [head]) == {"num_cpus": 0.49}
