@@ -1,28 +1,25 @@
 """How many CIFAR trials one GPU should hold: the summed training rate of 1, 2 and 4 trials sharing it.
 
-    PYTHONPATH=. python3 bench/packing.py --model WideResNet_28_10 --batch 256 --trials 1,2,4 --json bench/results
-    .venv/bin/python bench/packing.py --model smallcnn --device cpu --trials 1,2 --steps 5   # the logic, on a CPU
+    PYTHONPATH=. python3 bench/packing.py --trials 1,2,4 --json bench/results    # WRN-28-10, one GPU
+    .venv/bin/python bench/packing.py --recipe digits-cifar --device cpu --trials 1,2 --steps 4   # the logic
 
-Each trial is its own process (as Ray runs packed trials: --gpus-per-worker 0.5 or 0.25 with one worker),
-running GNP steps (α = 0.8, the recipes' bf16 on CUDA) on a synthetic CIFAR batch of the recipe's size, all
-started together behind a barrier. A packing pays when the summed images/s beats one trial's by more than
-the trials' slowdown costs a grid: the figures are the summed rate, each trial's rate, and the ratio to one
-trial alone. `--json DIR` writes them to DIR/packing-<device>-<date>.json with the device and torch version.
+Each trial is its own process running the grid's step (bench/grid_step.py: gnp.loop.Run as the recipe builds
+it, GNP at α = 0.8, the recipe's amp, channels_last and cuDNN autotuning, on one synthetic batch on the
+device), with the whole --batch, as Ray runs packed one-worker trials (--gpus-per-worker 0.5 or 0.25: one
+rank, no DDP). All start together behind a barrier. A packing pays when the summed images/s beats one trial's
+by more than the trials' slowdown costs a grid: the figures are the summed rate, each trial's rate, and the
+ratio to one trial alone. `--json DIR` writes them to DIR/packing-<device>-<date>.json after every point.
 """
 
 import argparse
 import datetime
 import json
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 import torch.multiprocessing as mp
-import torch.nn.functional as F
-
-from gnp.models import build_model
-from gnp.optim import GNP
+from grid_step import LAYOUTS, Steps, build_run, point_config, synthetic_batch
 
 
 def trial(rank, args, barrier, out):
@@ -30,56 +27,48 @@ def trial(rank, args, barrier, out):
     device = torch.device(args.device)
     if device.type == "cpu":
         torch.set_num_threads(1)  # the trials share the cores as they share a GPU
-    torch.backends.cudnn.benchmark = device.type == "cuda"  # as training sets it
-    fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format
-    model = build_model(args.model, 10, 32).to(device, memory_format=fmt)
-    opt = GNP(model, alpha=0.8, r=0.1, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3)
-    x = torch.randn(args.batch, 3, 32, 32, device=device).contiguous(memory_format=fmt)
-    y = torch.randint(0, 10, (args.batch,), device=device)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
-
-    def closure():
-        with autocast:
-            loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        return loss
-
-    for _ in range(args.warmup):
-        opt.step(closure)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    sync()
+    cfg = point_config(args.recipe, args.batch, device, variant="gnp", alpha=0.8)
+    run = build_run(cfg, device, ddp=False, steps_per_epoch=args.steps)
+    batch = synthetic_batch(cfg, LAYOUTS[cfg.dataset], cfg.batch_size, run.num_classes, device)
+    run.train_loader = Steps(batch, args.warmup, device)
+    run.train_one_epoch()
     barrier.wait()
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        opt.step(closure)
-    sync()
-    out[rank] = args.steps * args.batch / (time.perf_counter() - start)
+    run.train_loader = feed = Steps(batch, args.steps, device)
+    run.train_one_epoch()
+    out[rank] = args.steps * cfg.batch_size / (feed.marks[-1] - feed.marks[0])
 
 
 def measure(args, trials: int) -> dict:
+    """The summed and per-trial img/s of `trials` processes started together."""
     ctx = mp.get_context("spawn")
     barrier, out = ctx.Barrier(trials), ctx.Manager().dict()
-    procs = [ctx.Process(target=trial, args=(r, args, barrier, out)) for r in range(trials)]
+    procs = [ctx.Process(target=trial, args=(r, args, barrier, out), daemon=True) for r in range(trials)]
+    start = time.perf_counter()
     for p in procs:
         p.start()
     for p in procs:
         p.join()
     if any(p.exitcode for p in procs):
-        raise SystemExit(f"a trial process failed with {trials} at once (out of memory?)")
+        raise RuntimeError(f"a trial process failed with {trials} at once (out of memory?)")
     rates = [out[r] for r in range(trials)]
-    return dict(trials=trials, summed_img_s=sum(rates), per_trial_img_s=rates)
+    return dict(trials=trials, recipe=args.recipe, batch=args.batch, summed_img_s=sum(rates),
+                per_trial_img_s=rates, wall_s=time.perf_counter() - start)
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="WideResNet_28_10")
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--recipe", default="cifar10-wrn28-10")
     p.add_argument("--batch", type=int, default=256, help="each trial's batch (one worker holds it all)")
     p.add_argument("--trials", default="1,2,4")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--json", help="folder to write the figures to")
-    args = p.parse_args()
+    return p
+
+
+def main():
+    args = parser().parse_args()
     runs = []
     for n in (int(t) for t in args.trials.split(",")):
         runs.append(measure(args, n))
