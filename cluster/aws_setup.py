@@ -6,7 +6,8 @@
 - An IAM role + instance profile for each profile the config's node types name (gnp-ray-head, gnp-ray-worker),
   trusted by EC2. The head's gets AmazonEC2FullAccess (its autoscaler launches and terminates the GPU nodes,
   as with Ray's default role) and aws-head-policy.json; the workers' gets aws-worker-policy.json only.
-- The security group provider.security_group.GroupName in the default VPC, its ingress set to exactly: all
+- The security group provider.security_group.GroupName in the VPC of the config's SubnetIds (SUBNET=...), else
+  the default VPC, its ingress set to exactly: all
   traffic from the group itself, plus provider.security_group.IpPermissions (SSH from SSH_CIDR). Its id is
   written into the config in place of __SECURITY_GROUP__, so every node type uses it as it is: a group
   that `ray up` creates itself also lets SSH in from 0.0.0.0/0.
@@ -80,13 +81,25 @@ def ensure_role(iam, name: str, kind: str, policy_text: str) -> bool:
     return created
 
 
-def ensure_security_group(ec2, config: dict) -> str:
-    """The group in the default VPC with exactly the desired ingress; returns its id."""
-    name = config["provider"]["security_group"]["GroupName"]
+def cluster_vpc(ec2, config: dict) -> str:
+    """The VPC of the config's subnets (SUBNET=...: every node type has them), else the region's default."""
+    subnets = sorted({s for t in config["available_node_types"].values()
+                      for s in (t.get("node_config") or {}).get("SubnetIds") or []})
+    if subnets:
+        vpcs = {s["VpcId"] for s in ec2.describe_subnets(SubnetIds=subnets)["Subnets"]}
+        if len(vpcs) != 1:
+            raise SystemExit(f"error: SUBNET={','.join(subnets)} spans VPCs {sorted(vpcs)}; name subnets of one VPC")
+        return vpcs.pop()
     vpcs = ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"]
     if not vpcs:
-        raise SystemExit("error: the region has no default VPC; create one (aws ec2 create-default-vpc)")
-    vpc = vpcs[0]["VpcId"]
+        raise SystemExit("error: the region has no default VPC; create one (aws ec2 create-default-vpc) or set SUBNET=")
+    return vpcs[0]["VpcId"]
+
+
+def ensure_security_group(ec2, config: dict) -> str:
+    """The group in the cluster's VPC with exactly the desired ingress; returns its id."""
+    name = config["provider"]["security_group"]["GroupName"]
+    vpc = cluster_vpc(ec2, config)
     groups = ec2.describe_security_groups(Filters=[{"Name": "vpc-id", "Values": [vpc]},
                                                    {"Name": "group-name", "Values": [name]}])["SecurityGroups"]
     if groups:

@@ -7,7 +7,7 @@
 #   make cluster-submit BUCKET=<bucket>                # the ResNet-50 grid (cluster/README.md)
 #   make cluster-logs JOB=<submission id>
 #   make cluster-down
-#   make kuberay-render kuberay-up BUCKET=<bucket> REGISTRY=<registry>; make kuberay-logs
+#   make kuberay-render kuberay-up BUCKET=<bucket> REGISTRY=<registry> SHARDS_ROLE=<role arn>; make kuberay-logs
 #
 # Every `ray` command here runs with RAY_AUTH_MODE=token: the token is ~/.ray/auth_token, made on the first
 # cluster-up and copied to every node by the config's file_mounts. The Jobs API is only ever reached through
@@ -56,16 +56,39 @@ IMAGE = $(REGISTRY)/gnp-ray:$(IMAGE_TAG)
 # What the image is built from: building with changes here that are not committed would give the commit's
 # tag to other code.
 IMAGE_SOURCES = constraints.txt pyproject.toml README.md gnp jobs analysis cluster/Dockerfile \
-	cluster/Dockerfile.dockerignore cluster/imagenet_shards.py
+	cluster/Dockerfile.dockerignore cluster/imagenet_shards.py cluster/gpu_driver.py
+
+# The GPU nodes (cluster/render.py): an 8-GPU type of cluster/aws-gpu.yaml (p5.48xlarge: 8 x H100,
+# p4d.24xlarge: 8 x A100) and how many at most; capacity: MARKET=on-demand|spot|capacity-block and
+# RESERVATION=cr-... (an On-Demand Capacity Reservation, or the Capacity Block's); where: SUBNET=subnet-...
+# or ZONE=<region>a (a reservation needs one of them: it lives in one AZ). KubeRay: the worker group's
+# nodeSelector instance type.
+GPU_TYPE ?= p5.48xlarge
+NODES ?= 4
+MARKET ?= on-demand
+RESERVATION ?=
+SUBNET ?=
+ZONE ?=
 
 KUBERAY_MANIFESTS ?= cluster/kuberay-raycluster.yaml cluster/kuberay-rayjob.yaml
-KUBERAY_PREREQS ?= cluster/kuberay-prereqs.yaml
+KUBERAY_PREREQS ?= $(CLUSTER_BUILD)/kuberay-prereqs.yaml
+# Where the GPU nodes mount their instance-store NVMe RAID (EKS nodeadm localStorage RAID0, Karpenter
+# instanceStorePolicy RAID0): the ImageNet folder, cached there across pods and RayJob retries.
+KUBERAY_NVME ?= /mnt/k8s-disks/0
+# The workers' role for reading the shards: SHARDS_ROLE=arn:aws:iam::<account>:role/<role> (IRSA), or
+# SHARDS_ROLE=pod-identity with EKS_CLUSTER=<name> (an EKS Pod Identity association, found by the preflight).
+SHARDS_ROLE ?=
+EKS_CLUSTER ?=
+# The CUDA of the image's torch (constraints.txt's wheel: 2.14.1+cu130); its driver minimum is checked.
+IMAGE_CUDA ?= 13.0
 RAYJOB ?= gnp-imagenet-resnet50
 RENDER = sed -e 's|__BUCKET__|$(BUCKET)|g' -e 's|__REGISTRY__|$(REGISTRY)|g' -e 's|__COMMIT__|$(COMMIT)|g' \
-	-e 's|__REGION__|$(CLUSTER_REGION)|g' -e 's|__SSH_CIDR__|$(SSH_CIDR)|g'
+	-e 's|__REGION__|$(CLUSTER_REGION)|g' -e 's|__SSH_CIDR__|$(SSH_CIDR)|g' -e 's|__GPU_TYPE__|$(GPU_TYPE)|g' \
+	-e 's|__NVME__|$(KUBERAY_NVME)|g' -e 's|__SHARDS_ROLE__|$(SHARDS_ROLE)|g' -e '/role-arn: pod-identity$$/d'
 
 .PHONY: cluster-image kuberay-image cluster-image-name cluster-render cluster-check cluster-up cluster-dashboard cluster-submit \
-	cluster-logs cluster-status cluster-down cluster-args cluster-runtime-env kuberay-render kuberay-preflight kuberay-up kuberay-logs
+	cluster-logs cluster-status cluster-down cluster-args cluster-runtime-env kuberay-render kuberay-prereqs kuberay-preflight \
+	kuberay-up kuberay-logs
 
 define cluster_need
 @test -n "$($(1))" || { echo "error: set $(1)=... ($(2))" >&2; exit 2; }
@@ -94,7 +117,8 @@ cluster-image-name:
 # ---- AWS: the Ray cluster launcher ----
 
 # build/cluster/aws-gpu.yaml (+ the IAM policies): the templates with bucket, registry, commit, region, AMI and
-# SSH CIDR filled in; __SECURITY_GROUP__ is left for cluster/aws_setup.py (cluster-up), which creates the group.
+# SSH CIDR filled in, and the GPU nodes chosen (cluster/render.py: GPU_TYPE, NODES, MARKET, RESERVATION, SUBNET,
+# ZONE); __SECURITY_GROUP__ is left for cluster/aws_setup.py (cluster-up), which creates the group.
 cluster-render:
 	$(call cluster_need,BUCKET,the S3 bucket with imagenet-shards/ and for the results)
 	$(call cluster_need,REGISTRY,where make cluster-image pushed the image)
@@ -105,7 +129,10 @@ cluster-render:
 	  ami=$$(aws ssm get-parameter --region $(CLUSTER_REGION) --name $(DLAMI_PARAMETER) \
 	         --query Parameter.Value --output text) || { echo "error: AMI lookup failed; set CLUSTER_AMI=ami-..." >&2; exit 1; }; \
 	fi; \
-	$(RENDER) -e "s|__AMI__|$$ami|g" $(CLUSTER) > $(CLUSTER_CONFIG).tmp && mv $(CLUSTER_CONFIG).tmp $(CLUSTER_CONFIG)
+	$(RENDER) -e "s|__AMI__|$$ami|g" $(CLUSTER) > $(CLUSTER_CONFIG).tmp \
+	  && $(PY) cluster/render.py $(CLUSTER_CONFIG).tmp --gpu-type '$(GPU_TYPE)' --nodes '$(NODES)' --market '$(MARKET)' \
+	       --reservation '$(RESERVATION)' --subnet '$(SUBNET)' --zone '$(ZONE)' \
+	  && mv $(CLUSTER_CONFIG).tmp $(CLUSTER_CONFIG)
 	@for f in cluster/aws-head-policy.json cluster/aws-worker-policy.json; do \
 	  $(RENDER) $$f > $(CLUSTER_BUILD)/$$(basename $$f) || exit 1; done
 	@! grep -n '__[A-Z_]*__' $(CLUSTER_CONFIG) $(CLUSTER_POLICIES) | grep -v __SECURITY_GROUP__ \
@@ -169,12 +196,22 @@ kuberay-render:
 	  echo "wrote $(CLUSTER_BUILD)/$$(basename $$f)"; \
 	done
 
-# Before applying: the manifests pass cluster/check.py with the NetworkPolicy of the prereqs, and the API server
-# validates them against the installed CRDs without creating anything. --validate=strict makes a field a CRD
-# would drop an error (KubeRay < 1.6's CRD drops authOptions.secretName: the cluster would not take our token).
-kuberay-preflight: $(VENV)/.installed
+# The prereqs with the workers' role: an IRSA role ARN, or pod-identity (the annotation dropped).
+kuberay-prereqs:
+	$(call cluster_need,SHARDS_ROLE,the workers' S3 role: arn:aws:iam::<account>:role/<role> for IRSA or pod-identity)
+	@mkdir -p $(CLUSTER_BUILD)
+	@$(RENDER) cluster/kuberay-prereqs.yaml > $(KUBERAY_PREREQS)
+	@echo "wrote $(KUBERAY_PREREQS)"
+
+# Before applying: the manifests pass cluster/check.py with the NetworkPolicy of the prereqs; the cluster has
+# what they silently rely on (cluster/preflight.py: the GPU nodes' driver and NVMe kubelet storage, the RWX
+# StorageClass and its CSI driver, the workers' IRSA role or Pod Identity); and the API server validates them
+# against the installed CRDs without creating anything. --validate=strict makes a field a CRD would drop an
+# error (KubeRay < 1.6's CRD drops authOptions.secretName: the cluster would not take our token).
+kuberay-preflight: $(VENV)/.installed kuberay-prereqs
 	@test -f $(CLUSTER_BUILD)/kuberay-rayjob.yaml || { echo "error: run make kuberay-render first" >&2; exit 2; }
 	$(PY) cluster/check.py $(KUBERAY_PREREQS) $(addprefix $(CLUSTER_BUILD)/,$(notdir $(KUBERAY_MANIFESTS)))
+	$(PY) cluster/preflight.py $(KUBERAY_PREREQS) --cuda $(IMAGE_CUDA) $(if $(EKS_CLUSTER),--eks-cluster $(EKS_CLUSTER))
 	kubectl apply --dry-run=server --validate=strict -f $(KUBERAY_PREREQS) \
 	  $(addprefix -f $(CLUSTER_BUILD)/,$(notdir $(KUBERAY_MANIFESTS)))
 

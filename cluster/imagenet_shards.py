@@ -9,12 +9,17 @@ latency. As ~150 tar files of 1 GB, a node streams a few large objects in parall
 arrive (bench/staging.py measures the unpacking). `stage` takes any pyarrow file-system URI (s3://, gs://,
 file://, a local path), so the tests and the benchmark run the same code on local folders.
 
-A staged shard leaves <dst>/.staged/<shard>.done: staging again (a restarted setup on the same node) skips
-what is already there, and `stage` fails unless every file of the index is on disk at the end.
+A staged shard leaves <dst>/.staged/<shard>.done, and <dst>/.staged/manifest holds the hash of the index.json
+those markers belong to: staging the same manifest again (a restarted setup, a RayJob retry whose pod lands
+on the node again: dst is a folder on the node's NVMe that outlives pods) copies nothing, while a new
+manifest (shards repacked) drops the old markers and stages everything. `stage` fails unless every file of
+the index is on disk at the end. On a node, `stage` first checks that the NVIDIA driver runs the image's
+torch (cluster/gpu_driver.py): 150 GB staged onto a node that cannot train is half an hour lost.
 Needs only the standard library and pyarrow (in the cluster image).
 """
 
 import argparse
+import hashlib
 import json
 import multiprocessing
 import os
@@ -28,6 +33,7 @@ from gnp import storage
 
 INDEX = "index.json"
 DONE = ".staged"
+MANIFEST = "manifest"  # in DONE: the hash of the index.json that the .done markers belong to
 SHARD_BYTES = 1 << 30  # 1 GiB: ~150 shards for ImageNet, enough streams to fill a node's network
 
 
@@ -106,6 +112,24 @@ def extract_shard(uri: str, name: str, dst) -> tuple[str, int, int]:
     return name, files, size
 
 
+def manifest_key(index: dict) -> str:
+    """The hash of a manifest (index.json), the same whatever its formatting."""
+    return hashlib.sha256(json.dumps(index, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _claim(dst: Path, key: str, log) -> None:
+    """Make dst's markers those of manifest `key`: another manifest's (or unkeyed ones) are dropped."""
+    marker = dst / DONE / MANIFEST
+    if marker.exists() and marker.read_text() == key:
+        return
+    stale = list((dst / DONE).glob("*.done"))
+    if stale:
+        log(f"{dst} holds shards of another manifest: staging manifest {key} from scratch")
+    for path in stale:
+        path.unlink()
+    marker.write_text(key)
+
+
 def _done(dst: Path) -> dict[str, int]:
     folder = dst / DONE
     if not folder.is_dir():
@@ -118,6 +142,8 @@ def stage(uri: str, dst, processes: int = 8, log=print) -> dict:
     dst = Path(dst)
     (dst / DONE).mkdir(parents=True, exist_ok=True)
     index = read_index(uri)
+    key = manifest_key(index)
+    _claim(dst, key, log)
     done = _done(dst)
     todo = [s for s in index["shards"] if s["name"] not in done]
     start = time.perf_counter()
@@ -137,7 +163,7 @@ def stage(uri: str, dst, processes: int = 8, log=print) -> dict:
     if staged_files != index["files"]:
         raise RuntimeError(f"staged {staged_files} files into {dst} but the index of {uri} lists {index['files']}")
     return {"shards": len(todo), "skipped": len(index["shards"]) - len(todo), "files": index["files"],
-            "bytes": staged_bytes, "seconds": seconds}
+            "bytes": staged_bytes, "seconds": seconds, "manifest": key}
 
 
 def main(argv=None) -> int:
@@ -152,16 +178,25 @@ def main(argv=None) -> int:
     stager.add_argument("uri", help="s3://bucket/imagenet-shards, or a local folder")
     stager.add_argument("dst")
     stager.add_argument("--processes", type=int, default=min(16, os.cpu_count() or 1))
+    stager.add_argument("--no-driver-check", action="store_true",
+                        help="stage onto a machine that will not train (no NVIDIA driver check)")
     args = p.parse_args(argv)
     if args.command == "pack":
         index = pack(args.src, args.dst, args.shard_mb << 20)
         print(f"packed {index['files']} files ({index['bytes'] / 1e9:.1f} GB) into {len(index['shards'])} "
               f"shards in {args.dst}")
         return 0
+    if not args.no_driver_check:
+        import gpu_driver  # a sibling file: cluster/ is on sys.path when this runs as a script
+
+        problem = gpu_driver.check()
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            return 1
     stats = stage(args.uri, args.dst, args.processes)
     rate = stats["bytes"] / max(stats["seconds"], 1e-9) / 1e6
     print(f"staged {stats['files']} files into {args.dst}: {stats['shards']} shards in {stats['seconds']:.0f} s "
-          f"({rate:.0f} MB/s), {stats['skipped']} already there")
+          f"({rate:.0f} MB/s), {stats['skipped']} already there (manifest {stats['manifest']})")
     return 0
 
 

@@ -35,7 +35,8 @@ DOCKERFILE = CLUSTER / "Dockerfile"
 COMMIT = "0123456789ab"
 FILL = {"__BUCKET__": "test-bucket", "__REGION__": "us-west-2", "__AMI__": "ami-0123456789abcdef0",
         "__REGISTRY__": "registry.example/team", "__COMMIT__": COMMIT, "__SSH_CIDR__": "203.0.113.7/32",
-        "__SECURITY_GROUP__": "sg-0123456789abcdef0"}
+        "__SECURITY_GROUP__": "sg-0123456789abcdef0", "__GPU_TYPE__": "p5.48xlarge", "__NVME__": "/mnt/k8s-disks/0",
+        "__SHARDS_ROLE__": "arn:aws:iam::123456789012:role/gnp-ray-shards"}
 PLACEHOLDER = re.compile(r"__[A-Z_]+__")
 MAKE_FILL = ["BUCKET=test-bucket", "CLUSTER_AMI=ami-0123456789abcdef0", "REGISTRY=registry.example/team",
              f"COMMIT={COMMIT}", "SSH_CIDR=203.0.113.7/32"]

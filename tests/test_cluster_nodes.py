@@ -1,0 +1,287 @@
+"""Choosing the GPU nodes (cluster/render.py through `make cluster-render`), the NVIDIA driver check the nodes
+run before staging (cluster/gpu_driver.py), and the ImageNet cache keyed by the manifest (imagenet_shards).
+
+Offline: render, validate against Ray's schema and prepare_config, and run the stager on local folders.
+"""
+
+import copy
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+CLUSTER = ROOT / "cluster"
+MAKE_FILL = ["BUCKET=test-bucket", "CLUSTER_AMI=ami-0123456789abcdef0", "REGISTRY=registry.example/team",
+             "COMMIT=0123456789ab", "SSH_CIDR=203.0.113.7/32", f"PY={sys.executable}"]
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"cluster_{name}", CLUSTER / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+render = _load("render")
+gpu_driver = _load("gpu_driver")
+check = _load("check")
+
+
+def make(*args: str, ok: bool = True) -> subprocess.CompletedProcess:
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    out = subprocess.run(["make", "--no-print-directory", "-s", "-f", "cluster/cluster.mk", *args], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60, env=env)
+    assert (out.returncode == 0) == ok, out.stderr
+    return out
+
+
+def rendered(tmp_path: Path, *choices: str) -> tuple[dict, str]:
+    make("cluster-render", f"CLUSTER_BUILD={tmp_path}", *MAKE_FILL, *choices)
+    text = (tmp_path / "aws-gpu.yaml").read_text().replace("__SECURITY_GROUP__", "sg-0123456789abcdef0")
+    return yaml.safe_load(text), text
+
+
+def gpu_workers(config: dict) -> dict[str, int]:
+    return {t["node_config"]["InstanceType"]: t["max_workers"] for t in config["available_node_types"].values()
+            if t["resources"].get("GPU")}
+
+
+def valid_for_ray(config: dict) -> None:
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    assert check.schema_problems(config) == []
+    validate_config(prepare_config(copy.deepcopy(config)))
+    assert check.launcher_problems(config) == []
+
+
+# ---- item 1: GPU type, count, capacity and place are variables ------------------------------------------
+
+
+@pytest.mark.parametrize("gpu_type, other, cpus", [("p4d.24xlarge", "p5.48xlarge", 96),
+                                                   ("p5.48xlarge", "p4d.24xlarge", 192)])
+def test_gpu_type_and_count_are_make_variables(tmp_path, gpu_type, other, cpus):
+    config, text = rendered(tmp_path, f"GPU_TYPE={gpu_type}", "NODES=3")
+    assert gpu_workers(config) == {gpu_type: 3, other: 0}
+    assert config["max_workers"] == 3
+    chosen = next(t for t in config["available_node_types"].values() if t["node_config"]["InstanceType"] == gpu_type)
+    assert chosen["resources"] == {"CPU": cpus, "GPU": 8}
+    assert "InstanceMarketOptions" not in chosen["node_config"]  # on-demand by default
+    assert "# Worker nodes at most" in text  # edited line by line: the comments stay
+    valid_for_ray(config)
+
+
+def test_default_render_is_the_template_p5_with_four_nodes(tmp_path):
+    config, _ = rendered(tmp_path)
+    assert gpu_workers(config) == {"p5.48xlarge": 4, "p4d.24xlarge": 0} and config["max_workers"] == 4
+
+
+@pytest.mark.parametrize("choices, node_config, provider", [
+    (["MARKET=spot"], {"InstanceMarketOptions": {"MarketType": "spot"}}, {}),
+    (["RESERVATION=cr-0123456789abcdef0", "ZONE=us-west-2b"],
+     {"CapacityReservationSpecification": {"CapacityReservationTarget": {"CapacityReservationId": "cr-0123456789abcdef0"}}},
+     {"availability_zone": "us-west-2b"}),
+    (["MARKET=capacity-block", "RESERVATION=cr-0123456789abcdef0", "SUBNET=subnet-0123456789abcdef0"],
+     {"InstanceMarketOptions": {"MarketType": "capacity-block"},
+      "CapacityReservationSpecification": {"CapacityReservationTarget": {"CapacityReservationId": "cr-0123456789abcdef0"}},
+      "SubnetIds": ["subnet-0123456789abcdef0"]}, {}),
+])
+def test_capacity_and_placement_options_reach_the_gpu_nodes_only(tmp_path, choices, node_config, provider):
+    config, _ = rendered(tmp_path, "GPU_TYPE=p4d.24xlarge", "NODES=4", *choices)
+    types = config["available_node_types"]
+    assert node_config.items() <= types["gpu_p4d"]["node_config"].items()
+    assert provider.items() <= config["provider"].items()
+    for name in ("head", "gpu_p5"):  # capacity is the GPU nodes' alone; a subnet is every node's (one VPC)
+        assert not {"InstanceMarketOptions", "CapacityReservationSpecification"} & set(types[name]["node_config"])
+        assert types[name]["node_config"].get("SubnetIds") == node_config.get("SubnetIds")
+    valid_for_ray(config)
+
+
+@pytest.mark.parametrize("choices, words", [
+    (["GPU_TYPE=p3.16xlarge"], ["GPU_TYPE=p3.16xlarge", "p4d.24xlarge, p5.48xlarge"]),
+    (["NODES=0"], ["NODES=0"]),
+    (["MARKET=cheap"], ["MARKET=cheap", "spot"]),
+    (["MARKET=capacity-block"], ["needs RESERVATION"]),
+    (["MARKET=spot", "RESERVATION=cr-0123456789abcdef0", "ZONE=us-west-2a"], ["spot", "RESERVATION"]),
+    (["RESERVATION=cr-0123456789abcdef0"], ["one AZ", "ZONE="]),
+    (["RESERVATION=r-1", "ZONE=us-west-2a"], ["RESERVATION=r-1"]),
+    (["ZONE=us-east-1a"], ["ZONE=us-east-1a", "us-west-2"]),
+    (["SUBNET=sn-1"], ["SUBNET=sn-1"]),
+])
+def test_a_choice_that_cannot_work_is_one_line(tmp_path, choices, words):
+    err = make("cluster-render", f"CLUSTER_BUILD={tmp_path}", *MAKE_FILL, *choices, ok=False).stderr
+    (line,) = [x for x in err.splitlines() if x.startswith("error:")]
+    for word in words:
+        assert word in line
+    assert not (tmp_path / "aws-gpu.yaml").exists()  # nothing half-rendered is left for cluster-up
+
+
+def test_set_key_keeps_every_other_line():
+    text = "a: 1  # one\nb:\n  # about c\n  c: 2\n  d:\n    c: 3\ne: 4\n"
+    out = render.set_key(text, ("b", "c"), 5)
+    assert out == "a: 1  # one\nb:\n  # about c\n  c: 5\n  d:\n    c: 3\ne: 4\n"
+    added = render.set_key(text, ("b", "d", "x"), ["y"])
+    assert yaml.safe_load(added)["b"]["d"] == {"x": ["y"], "c": 3}
+    assert render.set_key(text, ("e",), 4) is text
+
+
+# ---- item 2: the NVIDIA driver the image's torch needs ----------------------------------------------------
+
+
+@pytest.mark.parametrize("found, ok", [("580.65.06", True), ("580.95.05", True), ("590.1", True),
+                                       ("575.57.08", False), ("570.172.08", False), ("535.261.03", False),
+                                       (None, False)])
+def test_driver_check_for_cuda_13(found, ok):
+    problem = gpu_driver.driver_problem(found, "13.0")
+    assert (problem is None) == ok
+    if problem:
+        assert "\n" not in problem and ">= 580" in problem
+
+
+def test_driver_minimum_follows_the_cuda_major():
+    assert gpu_driver.required_driver("12.8") == 525 and gpu_driver.required_driver("13.2") == 580
+    with pytest.raises(ValueError):
+        gpu_driver.required_driver("14.0")
+    with pytest.raises(ValueError):
+        gpu_driver.parse_driver("N/A")
+
+
+def test_the_pinned_torch_needs_the_driver_the_makefile_checks_for():
+    """The image installs constraints.txt's torch, as the venv does: its CUDA is make's IMAGE_CUDA."""
+    torch = pytest.importorskip("torch")
+    pin = re.search(r"^torch==(\S+)$", (ROOT / "constraints.txt").read_text(), re.M).group(1)
+    if torch.__version__.split("+")[0] != pin or not torch.version.cuda:
+        pytest.skip(f"torch {torch.__version__} here is not the pinned CUDA wheel")
+    mk = (CLUSTER / "cluster.mk").read_text()
+    assert re.search(r"^IMAGE_CUDA \?= (\S+)$", mk, re.M).group(1) == torch.version.cuda
+    assert gpu_driver.required_driver(torch.version.cuda) == 580
+
+
+def test_driver_version_is_read_from_nvidia_smi_or_the_kernel_module(tmp_path, monkeypatch):
+    proc = tmp_path / "version"
+    proc.write_text("NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  570.172.08  Release Build\n")
+    monkeypatch.setattr(gpu_driver, "PROC_VERSION", proc)
+    monkeypatch.setenv("PATH", str(tmp_path))  # no nvidia-smi: the init container that has no GPU
+    assert gpu_driver.installed_driver() == "570.172.08"
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho 580.65.06\necho 580.65.06\n")
+    smi.chmod(0o755)
+    assert gpu_driver.installed_driver() == "580.65.06"
+    assert gpu_driver.check("13.0") is None
+    smi.write_text("#!/bin/sh\necho 575.57.08\n")
+    assert ">= 580" in gpu_driver.check("13.0")
+
+
+def test_the_stager_checks_the_driver_before_staging(tmp_path):
+    """On a node, `imagenet_shards.py stage` refuses before copying a byte (here: no NVIDIA driver at all)."""
+    if Path("/proc/driver/nvidia/version").exists() or shutil.which("nvidia-smi"):
+        pytest.skip("this machine has an NVIDIA driver")
+    out = subprocess.run([sys.executable, str(CLUSTER / "imagenet_shards.py"), "stage", str(tmp_path / "nothing"),
+                          str(tmp_path / "dst")], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1
+    (line,) = out.stderr.strip().splitlines()
+    assert line.startswith("error: no NVIDIA driver") and ">= " in line
+    assert not (tmp_path / "dst").exists()
+    for config in ("aws-gpu.yaml", "kuberay-rayjob.yaml", "kuberay-raycluster.yaml"):  # the nodes run the CLI
+        assert "--no-driver-check" not in (CLUSTER / config).read_text()
+    assert "cluster/gpu_driver.py" in (CLUSTER / "Dockerfile").read_text()
+
+
+# ---- item 7: the ImageNet cache keyed by the manifest --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shards():
+    sys.path.insert(0, str(CLUSTER))
+    import imagenet_shards
+
+    yield imagenet_shards
+    sys.path.remove(str(CLUSTER))
+
+
+def tree(root: Path, salt: bytes = b"") -> dict[str, bytes]:
+    files = {f"{split}/n{c:08d}/n{c:08d}_{i}.JPEG": os.urandom(500) + salt
+             for split in ("train", "val") for c in range(2) for i in range(3)}
+    for name, data in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+    return files
+
+
+def test_a_second_stage_of_the_same_manifest_copies_nothing(tmp_path, shards):
+    tree(tmp_path / "src")
+    index = shards.pack(tmp_path / "src", tmp_path / "shards", shard_bytes=2000)
+    quiet = dict(log=lambda *_: None)
+    first = shards.stage(str(tmp_path / "shards"), tmp_path / "cache", processes=2, **quiet)
+    assert first["shards"] == len(index["shards"]) and first["bytes"] > 0
+    assert (tmp_path / "cache" / ".staged" / "manifest").read_text() == first["manifest"]
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("*.JPEG")}
+    again = shards.stage(str(tmp_path / "shards"), tmp_path / "cache", **quiet)  # a RayJob retry on the node
+    assert again["shards"] == 0 and again["bytes"] == 0 and again["manifest"] == first["manifest"]
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("*.JPEG")} == before
+
+
+def test_a_new_manifest_restages_everything(tmp_path, shards):
+    tree(tmp_path / "src")
+    shards.pack(tmp_path / "src", tmp_path / "shards", shard_bytes=2000)
+    shards.stage(str(tmp_path / "shards"), tmp_path / "cache", log=lambda *_: None)
+    files = tree(tmp_path / "src2", salt=b"v2")  # same shard names, other contents: repacked ImageNet
+    index = shards.pack(tmp_path / "src2", tmp_path / "shards2", shard_bytes=2000)
+    said = []
+    new = shards.stage(str(tmp_path / "shards2"), tmp_path / "cache", log=said.append)
+    assert new["shards"] == len(index["shards"]) and new["skipped"] == 0
+    assert any("another manifest" in line for line in said)
+    for name, data in files.items():
+        assert (tmp_path / "cache" / name).read_bytes() == data
+
+
+def test_kuberay_workers_stage_into_the_nodes_nvme_not_an_empty_dir():
+    """An emptyDir dies with its pod, so a RayJob retry restaged 150 GB; the node's NVMe folder outlives it."""
+    for path in ("kuberay-rayjob.yaml", "kuberay-raycluster.yaml"):
+        for doc in yaml.safe_load_all((CLUSTER / path).read_text()):
+            spec = doc["spec"].get("rayClusterSpec", doc["spec"])
+            for group in spec["workerGroupSpecs"]:
+                pod = group["template"]["spec"]
+                volume = next(v for v in pod["volumes"] if v["name"] == "imagenet")
+                assert volume["hostPath"] == {"path": "__NVME__/gnp-imagenet", "type": "DirectoryOrCreate"}
+                (stage,) = pod["initContainers"]
+                assert stage["securityContext"] == {"runAsUser": 0}  # kubelet makes the host folder root's
+                mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "imagenet")
+                assert mount["readOnly"] is True
+                assert pod["nodeSelector"] == {"node.kubernetes.io/instance-type": "__GPU_TYPE__"}
+
+
+def test_the_security_group_is_made_in_the_subnets_vpc(tmp_path):
+    """SUBNET=... may be outside the default VPC: the group (and so every node) must be in the subnet's."""
+    aws_setup = _load("aws_setup")
+    config, _ = rendered(tmp_path, "SUBNET=subnet-0123456789abcdef0")
+
+    class EC2:
+        made = []
+
+        def describe_subnets(self, SubnetIds):
+            return {"Subnets": [{"SubnetId": s, "VpcId": "vpc-gpu"} for s in SubnetIds]}
+
+        def describe_vpcs(self, Filters):
+            raise AssertionError("the default VPC is not asked for when the config names subnets")
+
+        def describe_security_groups(self, Filters):
+            assert {"Name": "vpc-id", "Values": ["vpc-gpu"]} in Filters
+            return {"SecurityGroups": []}
+
+        def create_security_group(self, **kwargs):
+            self.made.append(kwargs["VpcId"])
+            return {"GroupId": "sg-new"}
+
+        def authorize_security_group_ingress(self, GroupId, IpPermissions):
+            pass
+
+    assert aws_setup.ensure_security_group(EC2(), config) == "sg-new" and EC2.made == ["vpc-gpu"]
