@@ -3,20 +3,14 @@
 Algorithm 1 of the GNP paper, for one step (`_two_pass_step` below reads the same way):
 
     g1 = ∇L(θ)                              first pass (local to this rank under DDP: no all-reduce)
-    θ' = θ + e(θ, g1)                        gnp: e = r·g1/‖g1‖, ascent along the normalized gradient
+    θ' = θ + e                               e: the variant's perturbation (gnp: r·g1/‖g1‖)
     g2 = ∇L(θ')                             second pass (DDP all-reduces here, once)
-    g  = a·g1 + b·g2                        gnp: (1 − α)·g1 + α·g2; α = λ/r, α = 0 is plain training
+    g  = a·g1 + b·g2                        (a, b): the variant's mix (gnp: 1 − α, α; α = λ/r)
     θ  ← base_optimizer.step(θ, g)          from θ, never from θ'
 
-Each variant (the table in gnp.variants) is a perturbation e and a mix (a, b), found by name below:
-
-    variant   e(θ, g1)                    (a, b)               the gradient it approximates
-    gnp, sam  r·g1/‖g1‖                   (1 − α, α)           ∇[L + α·r·‖∇L‖]   (sam: α = 1)
-    fgr       r·g1                        (1 − α, α)           ∇[L + (α·r/2)·‖∇L‖²]   forward difference
-    bgr       −r·g1                       (1 + α, −α)          ∇[L + (α·r/2)·‖∇L‖²]   backward difference
-    asam      r·T²g1/‖T·g1‖, T = |θ|+η    (1 − α, α)           adaptive SAM at α = 1 (Kwon et al. 2021)
-    db        —                           g1 + α·r·H·g1/‖g1‖   ∇[L + α·r·‖∇L‖] by double backprop
-    standard  —                           g1                   one pass
+Each variant is one object of gnp.variants (its table of formulas: `python -m gnp.variants`): a one-pass,
+two-pass or double-backprop step, and for two passes its perturbation and its mix. α = 0 and
+`regularize=False` make any variant's step a one-pass step, g = g1.
 
 Choices that follow the paper and the official JAX code (zhaoyang-0204/gnp):
 - ‖g1‖ is one global L2 norm over all parameters; a zero g1 gives no NaN (the step is the base step).
@@ -40,8 +34,10 @@ The closure runs forward and backward and returns the loss, without zeroing grad
 """
 
 import contextlib
+import dataclasses
 import math
 import warnings
+from collections.abc import Callable
 
 import torch
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
@@ -49,54 +45,28 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.parallel import DistributedDataParallel
 
 from gnp import passes, variants
-
-# ---- the variants: the perturbation e (tensors like θ) and the mix (a, b) of g = a·g1 + b·g2 ---------------
-
-
-def normalized_ascent(opt, params, g1, g1_norm):
-    """gnp, sam: e = r·g1/‖g1‖ (θ' = θ when g1 = 0)."""
-    return torch._foreach_mul(g1, torch.where(g1_norm > 0, opt.r / g1_norm, 0.0))
+from gnp.variants import Step
 
 
-def forward_difference(opt, params, g1, g1_norm):
-    """fgr: e = r·g1."""
-    return torch._foreach_mul(g1, opt.r)
+@dataclasses.dataclass
+class FirstPass:
+    """What a two-pass variant's perturbation sees after pass 1, and the tensor operations it is written in
+    (gnp.variants stays torch-free)."""
 
+    params: list  # θ: the parameters with a gradient
+    g1: list  # ∇L(θ) in true units, with its L2 term
+    g1_norm: torch.Tensor  # ‖g1‖, one global L2 norm
+    r: float
+    options: dict  # the variant's own settings
+    is_weight: Callable  # a weight (not a bias) by the model's parameter names
 
-def backward_difference(opt, params, g1, g1_norm):
-    """bgr: e = −r·g1."""
-    return torch._foreach_mul(g1, -opt.r)
+    mul = staticmethod(torch._foreach_mul)  # tensors × a scalar, a tensor or as many tensors
+    norm = staticmethod(torch.nn.utils.get_total_norm)  # one global L2 norm over tensors
 
-
-def adaptive_ascent(opt, params, g1, g1_norm):
-    """asam: e = r·T²g1/‖T·g1‖ with T = |θ| + η on weights and 1 on biases, as Kwon et al.'s code."""
-    eta = opt.options["eta"]
-    t = [p.abs() + eta if opt.is_weight(p) else torch.ones_like(p) for p in params]
-    t_g1 = torch._foreach_mul(t, g1)
-    norm = torch.nn.utils.get_total_norm(t_g1)
-    return torch._foreach_mul(torch._foreach_mul(t_g1, t), torch.where(norm > 0, opt.r / norm, 0.0))
-
-
-def interpolation(opt, g1_norm):
-    """g = (1 − α)·g1 + α·g2."""
-    return 1 - opt.alpha, opt.alpha
-
-
-def extrapolation(opt, g1_norm):
-    """bgr: g = (1 + α)·g1 − α·g2, the backward difference's sign."""
-    return 1 + opt.alpha, -opt.alpha
-
-
-def official_interpolation(opt, g1_norm):
-    """mix="official": g = (1 − α)·g1/‖g1‖ + α·g2."""
-    return torch.where(g1_norm > 0, (1 - opt.alpha) / g1_norm, 0.0), opt.alpha
-
-
-PERTURBATIONS = {"gnp": normalized_ascent, "sam": normalized_ascent, "fgr": forward_difference,
-                 "bgr": backward_difference, "asam": adaptive_ascent}
-MIXES = {"gnp": interpolation, "sam": interpolation, "fgr": interpolation, "bgr": extrapolation,
-         "asam": interpolation}
-assert set(PERTURBATIONS) == {v.name for v in variants.REGISTRY.values() if v.passes == 2}
+    @staticmethod
+    def per(length, norm):
+        """length/norm, and 0 for a zero norm: a zero gradient perturbs nothing (no NaN)."""
+        return torch.where(norm > 0, length / norm, 0.0)
 
 
 class GNP(torch.optim.Optimizer):
@@ -136,7 +106,7 @@ class GNP(torch.optim.Optimizer):
             raise ValueError(f"variant {variant!r} is the single-process reference; DDP cannot run it")
         if spec.needs_model and model is None:
             raise ValueError(f"variant {variant!r} needs model= (it tells weights from biases by name)")
-        if model is None and spec.passes == 2:
+        if model is None and spec.step is Step.TWO_PASSES:
             warnings.warn("GNP without model=: BatchNorm running statistics update in both passes and the "
                           "passes draw different dropout masks; pass model= (or the module as params)",
                           stacklevel=2)
@@ -151,14 +121,15 @@ class GNP(torch.optim.Optimizer):
         self.param_groups = self.base_optimizer.param_groups
         self.defaults.update(self.base_optimizer.defaults)
 
-        self.alpha, self.r, self.variant, self.mix = alpha, r, variant, mix
-        self.perturbation = PERTURBATIONS.get(variant)
-        self.mix_weights = official_interpolation if mix == "official" else MIXES.get(variant, interpolation)
+        self.alpha, self.r, self.variant, self.mix = alpha, r, spec, mix
         self.model, self.sync_perturbation, self.same_dropout_masks = model, sync_perturbation, same_dropout_masks
         self.clip_grad_norm, self.grad_scaler = clip_grad_norm, grad_scaler
         self.weights = {id(p) for name, p in (model.named_parameters() if model else ()) if "weight" in name}
+        self._batchnorms = [m for m in (model.modules() if model else ()) if isinstance(m, _BatchNorm)]
+        self._cuda = None  # the GPUs whose generators pass 2 replays, found at the first step
         self.grad_norm = None  # ‖∇L‖ of the last step on this rank's batch (a tensor: logging costs no sync)
         self.skipped = None  # the last step was skipped by the fp16 scaler (a bool tensor), or None
+        self.regularized = False  # the last step was a regularized one (two passes or double backprop)
         self.all_reduces = 0  # DDP bucket all-reduces so far (a step of any variant does one per bucket)
         self._local_sq = None
         if isinstance(model, DistributedDataParallel):
@@ -175,13 +146,12 @@ class GNP(torch.optim.Optimizer):
         if closure is None:
             raise ValueError("GNP needs a closure that runs forward and backward and returns the loss")
         self.zero_grad(set_to_none=True)
-        if self.variant == "db" and regularize:
-            loss = self._double_backprop_step(closure)
-        elif self.perturbation is None or self.alpha == 0 or not regularize:  # g = g1: one pass
-            loss = self._one_pass_step(closure)
-        else:
-            loss = self._two_pass_step(closure)
-        self._base_step()
+        kind = self.variant.step if regularize and self.alpha != 0 else Step.ONE_PASS
+        self.regularized = kind is not Step.ONE_PASS
+        take = {Step.ONE_PASS: self._one_pass_step, Step.TWO_PASSES: self._two_pass_step,
+                Step.DOUBLE_BACKPROP: self._double_backprop_step}[kind]
+        loss, params = take(closure)
+        self._base_step(params)
         return loss
 
     def _two_pass_step(self, closure):
@@ -191,44 +161,47 @@ class GNP(torch.optim.Optimizer):
         params, g1, scale = self._gradients()
         if self.sync_perturbation:
             self._all_reduce_mean(g1)
-        g1_norm = torch.nn.utils.get_total_norm(g1)
+        first = FirstPass(params, g1, torch.nn.utils.get_total_norm(g1), self.r, self.options, self.is_weight)
+        e = self.variant.perturbation(first)
+        a, b = self._mix(first.g1_norm)
 
         theta = torch._foreach_mul(params, 1.0)  # keep θ to restore it exactly: the one extra copy
         try:
-            torch._foreach_add_(params, self.perturbation(self, params, g1, g1_norm))  # θ' = θ + e
+            torch._foreach_add_(params, e)  # θ' = θ + e
             # Pre-load .grad so that the second, synced backward accumulates and all-reduces
             # scale·(a·g1 + b·g2)/b, with g2 including its L2 term at θ'; then multiply by b.
-            a, b = self.mix_weights(self, g1_norm)
-            torch._foreach_mul_(g1, scale * (a / b))
-            self._add_l2(params, g1, scale)
+            torch._foreach_mul_(g1, a / b if scale is None else scale * (a / b))
+            self._add_l2(scale)
             with self._running_stats_kept(), self._replayed_rng(rng), _preload_kept(params), torch.enable_grad():
                 closure()  # g2 = ∇L(θ'), added onto the pre-loaded g1 and all-reduced once
             torch._foreach_mul_([p.grad for p in params], b)  # g = a·g1 + b·g2
         finally:
             torch._foreach_copy_(params, theta)  # back to θ: the base step starts from θ, not θ'
-        return loss
+        return loss, params
+
+    def _mix(self, g1_norm):
+        """The variant's (a, b); mix="official" puts a/‖g1‖ in place of a."""
+        a, b = self.variant.mix(self.alpha)
+        return (FirstPass.per(a, g1_norm) if self.mix == "official" else a), b
 
     def _one_pass_step(self, closure):
         self._local_sq = None
         with torch.enable_grad():
             loss = closure()
-        params = self._params()
-        grads = [p.grad for p in params]
-        scale = self._grad_scale()
+        params, scale = self._params(), self._grad_scale()
         local_sq = self._local_sq  # DDP: this rank's ‖∇L‖², noted before the all-reduce
-        local = local_sq.sqrt() if local_sq is not None else torch.nn.utils.get_total_norm(grads)
-        self.grad_norm = local / scale
-        self._add_l2(params, grads, scale)  # g = g1 under either mix, as the official code's standard step
-        return loss
+        local = local_sq.sqrt() if local_sq is not None else torch.nn.utils.get_total_norm([p.grad for p in params])
+        self.grad_norm = local if scale is None else local / scale
+        self._add_l2(scale)  # g = g1 under either mix, as the official code's standard step
+        return loss, params
 
     def _double_backprop_step(self, closure):
         """The exact gradient of L + α·r·‖∇L‖: g1 + α·r·H·g1/‖g1‖ (H·v by differentiating ‖g1‖)."""
         with torch.enable_grad(), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Using backward\\(\\) with create_graph=True")
             loss = closure(create_graph=True)
-            params = self._params()
-            scale = self._grad_scale()
-            grads = [p.grad / scale for p in params]  # true units before the L2 term and the norm
+            params, scale = self._params(), self._grad_scale()
+            grads = [p.grad if scale is None else p.grad / scale for p in params]  # true units before L2 and norm
             self.grad_norm = torch.nn.utils.get_total_norm([g.detach() for g in grads])
             l2 = [group["l2"] for group in self.param_groups for p in group["params"] if p.grad is not None]
             g1 = [g + wd * p for g, p, wd in zip(grads, params, l2, strict=True)]
@@ -238,13 +211,13 @@ class GNP(torch.optim.Optimizer):
             else:
                 h_g1 = [torch.zeros_like(p) for p in params]
         for p, g, hg in zip(params, g1, h_g1, strict=True):
-            p.grad = (g.detach() + self.alpha * self.r * hg) * scale  # in the scaler's units for its step
-        return loss
+            g = g.detach() + self.alpha * self.r * hg
+            p.grad = g if scale is None else g * scale  # in the scaler's units for its step
+        return loss, params
 
-    def _base_step(self):
+    def _base_step(self, params):
         """Clip the final g, then the base optimizer's step (through the fp16 scaler when there is one)."""
         scaler = self.grad_scaler
-        params = self._params()
         if scaler is not None and scaler.is_enabled():
             scaler.unscale_(self.base_optimizer)
             norm = torch.nn.utils.get_total_norm([p.grad for p in params])
@@ -258,40 +231,40 @@ class GNP(torch.optim.Optimizer):
                 torch.nn.utils.clip_grad_norm_(params, self.clip_grad_norm)
             self.base_optimizer.step()
 
-    # ---- plumbing -------------------------------------------------------------------------------------
+    # ---- plumbing: foreach operations over lists built once a step ------------------------------------
 
     def _params(self):
         return [p for group in self.param_groups for p in group["params"] if p.grad is not None]
 
     def _gradients(self):
-        """(params, g1 in true units with its L2 term, the scaler's scale); notes ‖∇L‖ for the log."""
+        """(params, g1 in true units with its L2 term, the scaler's scale or None); notes ‖∇L‖ for the log."""
         params = self._params()
         g1 = [p.grad for p in params]
         scale = self._grad_scale()
-        torch._foreach_div_(g1, scale)
+        if scale is not None:
+            torch._foreach_div_(g1, scale)
         self.grad_norm = torch.nn.utils.get_total_norm(g1)
-        self._add_l2(params, g1, 1.0)
+        self._add_l2(None)
         return params, g1, scale
 
-    def _add_l2(self, params, grads, scale):
-        """grads += scale · wd · θ, per parameter group (the paper's L2 term inside the gradient)."""
-        index = {id(p): g for p, g in zip(params, grads, strict=True)}
+    def _add_l2(self, scale):
+        """.grad += scale·wd·θ, per parameter group (the paper's L2 term inside the gradient)."""
         for group in self.param_groups:
             if group["l2"] == 0:
                 continue
-            pairs = [(p, index[id(p)]) for p in group["params"] if id(p) in index]
-            if pairs:
-                decay = [torch.mul(p, group["l2"]) for p, _ in pairs]
-                torch._foreach_add_([g for _, g in pairs], torch._foreach_mul(decay, scale))
+            params = [p for p in group["params"] if p.grad is not None]
+            if params:
+                decay = torch._foreach_mul(params, group["l2"])
+                if scale is not None:
+                    torch._foreach_mul_(decay, scale)
+                torch._foreach_add_([p.grad for p in params], decay)
 
-    def _grad_scale(self) -> torch.Tensor:
-        """The fp16 scaler's scale as a device tensor (no host sync), or 1 in the parameters' dtype (a
-        float32 one would round a float64 model's mix weights)."""
-        first = self.param_groups[0]["params"][0]
+    def _grad_scale(self) -> torch.Tensor | None:
+        """The fp16 scaler's scale as a device tensor (no host sync), or None without one."""
         scaler = self.grad_scaler
         if scaler is None or not scaler.is_enabled():
-            return torch.ones((), device=first.device, dtype=first.dtype)
-        return scaler.scale(torch.ones((), device=first.device))
+            return None
+        return scaler.scale(torch.ones((), device=self.param_groups[0]["params"][0].device))
 
     def _local_gradients(self):
         """DDP's no_sync() around the first forward and backward: g1 stays on this rank."""
@@ -303,8 +276,9 @@ class GNP(torch.optim.Optimizer):
         """The generators' state before pass 1, for pass 2 to replay (same dropout masks)."""
         if not self.same_dropout_masks or self.model is None:
             return None
-        devices = sorted({p.device.index for p in self.model.parameters() if p.device.type == "cuda"})
-        return torch.get_rng_state(), devices, [torch.cuda.get_rng_state(d) for d in devices]
+        if self._cuda is None:
+            self._cuda = sorted({p.device.index for p in self.model.parameters() if p.device.type == "cuda"})
+        return torch.get_rng_state(), self._cuda, [torch.cuda.get_rng_state(d) for d in self._cuda]
 
     @contextlib.contextmanager
     def _replayed_rng(self, before):
@@ -329,8 +303,7 @@ class GNP(torch.optim.Optimizer):
         """BatchNorm normalizes with batch statistics in the second pass; its running statistics are put
         back afterwards. A copy, not a flag flipped on the modules: a compiled model sees no attribute
         change, so the second pass reuses the first pass's graph instead of recompiling."""
-        modules = [] if self.model is None else self.model.modules()
-        buffers = [b for m in modules if isinstance(m, _BatchNorm) and m.track_running_stats
+        buffers = [b for m in self._batchnorms if m.track_running_stats
                    for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
         saved = torch._foreach_mul(buffers, 1) if buffers else []
         try:
