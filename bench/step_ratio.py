@@ -6,7 +6,8 @@
 
 Schemes: standard (one pass), GNP (α = 0.8), SAM, and amortized GNP (a two-pass step every 4th step,
 standard ones between: 1.25 passes per step, as a probability p = 0.25 gives on average). Their steps alternate (ABCD ABCD …) so that
-machine noise hits all alike; a scheme's figure is its median step time, and for the amortized scheme,
+machine noise hits all alike; a scheme's figure is its median step time (and each figure reported the median
+over --repeats whole measurements, with the ratio's range), and for the amortized scheme,
 which mixes one- and two-pass steps, p·median(two-pass) + (1 − p)·median(one-pass) (a plain median
 would hide its cost, a mean would take in the noise of a shared machine); its ratio is that over
 standard's. Under DDP the
@@ -106,10 +107,22 @@ def measure(args, device, world=1) -> dict:
     return result
 
 
+def repeated(args, device, world=1) -> dict:
+    """measure() --repeats times: per scheme the median of each figure over the repeats, and the ratio's
+    smallest and largest (how much a shared machine's noise moved it)."""
+    runs = [measure(args, device, world) for _ in range(args.repeats)]
+    result = {}
+    for name, first in runs[0].items():
+        ratios = [run[name]["ratio_to_standard"] for run in runs]
+        result[name] = {**{k: statistics.median(run[name][k] for run in runs) for k in first},
+                        "ratio_min": min(ratios), "ratio_max": max(ratios), "repeats": len(runs)}
+    return result
+
+
 def ddp_worker(rank, world, init_file, args, out):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    result = measure(args, torch.device("cpu"), world)
+    result = repeated(args, torch.device("cpu"), world)
     if rank == 0:
         torch.save(result, out)
     dist.barrier()
@@ -121,7 +134,8 @@ def report(title, result):
     for name, r in result.items():
         memory = f", peak {r['peak_memory_gib']:.2f} GiB" if "peak_memory_gib" in r else ""
         print(f"  {name:16s} {r['step_s'] * 1e3:8.1f} ms/step (mean {r['mean_s'] * 1e3:.1f}), "
-              f"{r['img_s']:8.0f} img/s, {r['ratio_to_standard']:.3f}x standard, "
+              f"{r['img_s']:8.0f} img/s, {r['ratio_to_standard']:.3f}x standard "
+              f"({r['ratio_min']:.3f}-{r['ratio_max']:.3f} over {r['repeats']} repeats), "
               f"{r['allreduces_per_step']:.2f} all-reduces/step{memory}", flush=True)
 
 
@@ -133,6 +147,7 @@ def main():
     p.add_argument("--batch", type=int, default=64, help="global batch")
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=5, help="whole measurements; each figure is their median")
     p.add_argument("--amp", choices=["none", "bf16"], default="none")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--compile", choices=["off", "on", "both"], default="off", help="torch.compile the model")
@@ -151,7 +166,7 @@ def main():
     for compiled in {"off": [False], "on": [True], "both": [False, True]}[args.compile]:
         args.compiled = compiled
         key = f"1 process{', compiled' if compiled else ''}"
-        figures["runs"][key] = measure(args, device)
+        figures["runs"][key] = repeated(args, device)
         report(f"{shape}, {key} ({where})", figures["runs"][key])
     if not args.no_ddp and device.type == "cpu":
         args.compiled = False
