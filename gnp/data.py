@@ -215,6 +215,7 @@ def build_loaders(root: Path, *, image_size, augmentation, batch_size, workers, 
                   collate_fn=device_decode.collate if decode == "device" else None)
     train = EpochLoader(SeededSamples(train_set, seed), batch_size, sampler=sampler, drop_last=True,
                         generator=torch.Generator().manual_seed(seed), **common)
+    # Evaluation's processes end with each pass: kept, they would sit idle through every training epoch.
     val = DataLoader(val_set, batch_size, sampler=ShardSampler(len(val_set), rank, world),
-                     generator=torch.Generator().manual_seed(seed), **common)
+                     generator=torch.Generator().manual_seed(seed), **{**common, "persistent_workers": False})
     return train, val, len(train_set.classes)

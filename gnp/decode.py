@@ -3,10 +3,12 @@ crop and flip; the training process decodes the batch there (one batched nvJPEG 
 hardware JPEG decoder of A100/H100 for baseline JPEGs) and crops, resizes and flips on the device.
 
 Why: decoding and resizing are most of a loader process's work, so a GPU that would need ten loader
-processes of PIL needs one or two of these. The crop and flip are drawn by the same calls, from the same
-seeded generator, as gnp.data's transforms, so both paths train on the same crops of the same images and
-keep augmentation a pure function of (seed, epoch, sample index); only the resampling differs (a tensor
-resize with antialiasing, bilinear or bicubic as the preset's, against PIL's), by about a grey level per pixel.
+processes of PIL needs one or two of these. The decode runs in the training thread between steps (gnp.data's
+`to_device`), not overlapped with them: it pays only where loader processes are short of cores (README). The
+crop and flip are drawn by the same calls, from the same seeded generator, as gnp.data's transforms, so both
+paths train on the same crops of the same images and keep augmentation a pure function of (seed, epoch,
+sample index); only the resampling differs (a tensor resize with antialiasing, bilinear or bicubic as the
+preset's, against PIL's), by about a grey level per pixel.
 
 Files the device cannot decode (ImageNet has CMYK JPEGs and a PNG named .JPEG) go through gnp.data's
 transform in the loader process, as on the default path, and ride along as pixels.

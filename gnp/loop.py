@@ -153,6 +153,23 @@ def eval_counts(logits, targets, k: int) -> torch.Tensor:
     return torch.stack([hit[:, 0].sum(), hit.any(1).sum()]).double()
 
 
+def _fp32_head(head: torch.nn.Linear, inputs, output):
+    """Forward hook: in eval mode, the head's output recomputed in float32 from its (autocast) input."""
+    if head.training or output.dtype == torch.float32:
+        return None
+    with torch.autocast(output.device.type, enabled=False):
+        return F.linear(inputs[0].float(), head.weight, head.bias)  # the weights are float32 already
+
+
+def score_heads_in_fp32(model: torch.nn.Module, num_classes: int) -> None:
+    """Evaluation scores float32 logits: a bf16 head output keeps 8 significant bits, so two classes within
+    ~0.4% of each other tie and topk picks by index. Every classifier head (a Linear with num_classes
+    outputs) recomputes its output in float32 in eval mode, a negligible cost; training keeps autocast's."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear) and module.out_features == num_classes:
+            module.register_forward_hook(_fp32_head)
+
+
 class Run:
     """Everything one worker holds for one training run; `train()` below drives it epoch by epoch."""
 
@@ -180,10 +197,13 @@ class Run:
         self.model = build_model(cfg.model, self.num_classes, cfg.image_size, drop_path=cfg.drop_path,
                                  patch_size=cfg.patch_size).to(self.device, memory_format=self.memory_format)
         torch.manual_seed(rank_seed(cfg.seed, self.rank))
-        forward = torch.compile(self.model) if cfg.compile else self.model
-        self.ddp = forward
-        if self.world > 1:
-            self.ddp = data_parallel(forward, self.device)
+        score_heads_in_fp32(self.model, self.num_classes)
+        # DDP first, then compile (PyTorch's order): dynamo splits the graph at DDP's buckets, so the
+        # all-reduce of each bucket overlaps the rest of the compiled backward. Evaluation runs the plain
+        # module (no DDP collectives: ranks may hold different counts), compiled too.
+        self.ddp = data_parallel(self.model, self.device) if self.world > 1 else self.model
+        self.forward = torch.compile(self.ddp) if cfg.compile else self.ddp
+        self.evaluator = torch.compile(self.model) if cfg.compile else self.model
         self.amp_dtype = autocast_dtype(cfg, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         base, settings = base_optimizer(cfg)
@@ -231,7 +251,7 @@ class Run:
 
             def closure(create_graph=False, images=images, targets=targets, first=first):
                 with self.autocast():
-                    logits = self.ddp(images)
+                    logits = self.forward(images)
                     loss = F.cross_entropy(logits, targets, label_smoothing=self.cfg.label_smoothing)
                 first.setdefault("logits", logits.detach())  # train error from the first pass, at θ
                 self.scaler.scale(loss).backward(create_graph=create_graph)
@@ -240,7 +260,7 @@ class Run:
             loss = self.optimizer.step(closure, regularize=regularize)
             self.scheduler.step()
             sums += step_sums(loss, first["logits"], targets, self.optimizer.grad_norm, self.optimizer.skipped)
-            regularized += regularize and self.optimizer.variant != "standard" and self.optimizer.alpha != 0
+            regularized += self.optimizer.regularized
             seen, steps = seen + len(targets), steps + 1
             if (step + 1) % DIVERGENCE_CHECK_EVERY == 0 and not math.isfinite(self.all_sum(sums[:1]).item()):
                 break
@@ -267,8 +287,8 @@ class Run:
     def evaluate(self, loader=None):
         """Top-1 and top-5 error in percent over every image of `loader` (default: the test set) exactly once
         (ranks summed), with the BatchNorm statistics averaged over the ranks, so every rank evaluates the
-        checkpoint's model. Training then goes on from each rank's own statistics, as in the official code
-        (pmean at eval only)."""
+        checkpoint's model, scored from float32 logits (`score_heads_in_fp32`). Training then goes on from
+        each rank's own statistics, as in the official code (pmean at eval only)."""
         self.model.eval()  # the plain module: no DDP collectives, ranks may hold different counts
         hits = torch.zeros(2, dtype=torch.float64, device=self.device)
         seen = 0
@@ -278,7 +298,7 @@ class Run:
                 images = to_device(images, self.device, self.memory_format)
                 targets = targets.to(self.device, non_blocking=True)
                 with self.autocast():
-                    logits = self.model(images)
+                    logits = self.evaluator(images)
                 hits += eval_counts(logits, targets, k)
                 seen += len(targets)
         top1, top5, n = self.all_sum(torch.cat([hits, hits.new_tensor([seen])])).tolist()

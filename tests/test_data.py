@@ -1,12 +1,13 @@
 """The embedded default's layout, the layout checks' messages, and odd images loading as RGB."""
 
+import multiprocessing
 from pathlib import Path
 
 import pytest
 from PIL import Image
 from torchvision import datasets
 
-from gnp.data import ShardSampler
+from gnp.data import ShardSampler, build_loaders
 from gnp.errors import UserError
 from gnp.folders import check_layout, ensure_digits
 
@@ -66,3 +67,17 @@ def test_shards_cover_every_index_once_without_padding():
     shards = [list(ShardSampler(10, rank, 3)) for rank in range(3)]
     assert sorted(sum(shards, [])) == list(range(10))
     assert [len(s) for s in shards] == [4, 3, 3]
+
+
+def test_evaluation_processes_end_with_each_pass_and_training_ones_stay(digits_root):
+    """Kept between passes, the validation loader's processes would idle through every training epoch (8 a
+    GPU by default); the training loader's stay for the next epoch."""
+    train, val, _ = build_loaders(digits_root, image_size=32, augmentation="crop", batch_size=64, workers=2,
+                                  rank=0, world=1, seed=0, pin_memory=False)
+    before = set(multiprocessing.active_children())
+    for _ in range(2):
+        assert sum(len(targets) for _, targets in val) == 360
+        assert set(multiprocessing.active_children()) == before
+    next(iter(train))
+    assert len(set(multiprocessing.active_children()) - before) == 2
+    del train  # its persistent processes end with it

@@ -16,6 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from test_decode import batches, differences
+from test_loop_gpu_path import tied_head
 from test_optim import batch, mlp, reference_gradient
 from test_train import comparable
 from torch import nn
@@ -203,9 +204,18 @@ def test_evaluation_counts_every_validation_image_once(tiny_imagenet, tmp_path):
     assert abs(top1 - 100 * wrong / n) <= 100 / n + 1e-9  # one near-tie may flip with the batch shape
 
 
-def with_dropout(name, num_classes, image_size):
+def test_a_bf16_near_tie_is_scored_as_in_fp32(digits_root, tmp_path, monkeypatch):
+    """Under bf16 autocast the head's outputs tie; evaluation scores float32 logits (compiled too:
+    tests/test_loop_gpu_path.py, on the CPU)."""
+    monkeypatch.setattr("gnp.loop.build_model", tied_head)
+    run = Run(recipe(tmp_path, amp="bf16", loader_workers=0))
+    images, targets = torch.zeros(8, 3, 32, 32, dtype=torch.uint8), torch.full((8,), run.num_classes - 1)
+    assert run.evaluate([(images, targets)]) == (0.0, 0.0, 8)
+
+
+def with_dropout(name, num_classes, image_size, **options):
     """The model with dropout before its head: training then draws from the device's generator."""
-    model = build_model(name, num_classes, image_size)
+    model = build_model(name, num_classes, image_size, **options)
     return nn.Sequential(*model[:-1], nn.Dropout(0.3), model[-1])
 
 
