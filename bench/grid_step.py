@@ -5,8 +5,8 @@ its per-GPU batch, amp, channels_last and clipping, cuDNN autotuning (Run sets i
 base optimizer, `Run.train_one_epoch`'s closure, schedule and sums, and DDP (`gnp.loop.data_parallel` and
 GNP's comm hook) over a one-rank process group: NCCL on CUDA, gloo on a CPU. So on one GPU the first pass
 runs under no_sync, the second backward adds onto the pre-loaded gradients and the bucket all-reduces go
-through NCCL, as on every rank of a grid trial. Two things are swapped, both marked below: the data layer
-(`synthetic_data`) and the DDP wrap at one rank (`wrap_ddp`; Run wraps only from two ranks on).
+through NCCL, as on every rank of a grid trial. Only the data differs: Run is handed loaders of one batch
+already on the device (`Run(loaders=...)`), and asked for DDP at one rank (`Run(ddp=True)`).
 
 A scheme's figure is the median seconds per step over the timed steps (each step timed between device
 syncs, as the loop hands out the next batch); the amortized scheme (a two-pass step every 4th) is
@@ -17,16 +17,13 @@ import gc
 import statistics
 import time
 from contextlib import contextmanager
-from types import SimpleNamespace
-from unittest import mock
 
 import torch
 import torch.distributed as dist
 
 import gnp.loop
 from gnp.data import Loaders
-from gnp.loop import Run, data_parallel, regularizes
-from gnp.optim import _all_reduce_noting_local_norm
+from gnp.loop import Run, regularizes
 from gnp.recipes import get_recipe
 
 SCHEMES = {  # name: the recipe's fields it changes
@@ -94,26 +91,6 @@ def synthetic_batch(cfg, layout: str, batch: int, classes: int, device: torch.de
     return images, torch.randint(0, classes, (batch,), device=device, generator=generator)
 
 
-@contextmanager
-def synthetic_data(classes: int):
-    """SWAPPED: Run's data layer, for a loader-less one (the benchmark hands Run its batches itself)."""
-    spec = SimpleNamespace(root=lambda data, recipe="": None)
-    loaders = Loaders(Steps(None, 0, torch.device("cpu")), [], classes, None)
-    with mock.patch.object(gnp.loop, "datasets", SimpleNamespace(get=lambda name: spec)), \
-            mock.patch.object(gnp.loop, "dataset_loaders", lambda *a, **kw: loaders):
-        yield
-
-
-def wrap_ddp(run: Run) -> None:
-    """SWAPPED: DDP at one rank, as Run wraps from two ranks on: gnp.loop.data_parallel around Run's model,
-    compiled after it as Run compiles it, and the optimizer given the wrapped module (no_sync in pass 1) and
-    its comm hook, as GNP does for it."""
-    run.ddp = data_parallel(run.model, run.device)
-    run.forward = torch.compile(run.ddp) if run.cfg.compile else run.ddp
-    run.optimizer.model = run.ddp
-    run.ddp.register_comm_hook(run.optimizer, _all_reduce_noting_local_norm)
-
-
 def point_config(recipe: str, batch: int | None, device: torch.device, **changes):
     """The recipe on one rank at its per-GPU batch (or `batch`), with no loader processes and no heartbeat."""
     cfg = get_recipe(recipe, device=device.type, out="unused")
@@ -122,13 +99,9 @@ def point_config(recipe: str, batch: int | None, device: torch.device, **changes
 
 
 def build_run(cfg, device: torch.device, ddp: bool, steps_per_epoch: int) -> Run:
-    """Run for `cfg` on synthetic data, with `steps_per_epoch` for the schedules' global step."""
-    with synthetic_data(CLASSES[cfg.dataset]):
-        run = Run(cfg, device)
-    run.steps_per_epoch = steps_per_epoch  # epoch·steps_per_epoch + step: what the amortized schedule reads
-    if ddp:
-        wrap_ddp(run)
-    return run
+    """Run for `cfg` on synthetic data (time_scheme hands it its batches), `steps_per_epoch` a loader long."""
+    loaders = Loaders(Steps(None, steps_per_epoch, device), [], CLASSES[cfg.dataset], None)
+    return Run(cfg, device, loaders=loaders, ddp=ddp)
 
 
 def time_scheme(cfg, device: torch.device, *, ddp: bool, warmup: int, steps: int, chunk: int,

@@ -32,7 +32,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from gnp import checkpoint, datasets
 from gnp.config import TrainConfig, ranks_for
-from gnp.data import dataset_loaders, derived_seed, to_device
+from gnp.data import Loaders, dataset_loaders, derived_seed, to_device
 from gnp.errors import UserError
 from gnp.models import build_model
 from gnp.optim import GNP
@@ -173,11 +173,12 @@ def score_heads_in_fp32(model: torch.nn.Module, num_classes: int) -> None:
 class Run:
     """Everything one worker holds for one training run; `train()` below drives it epoch by epoch."""
 
-    def __init__(self, cfg: TrainConfig, device: torch.device | None = None):
+    def __init__(self, cfg: TrainConfig, device: torch.device | None = None, *, loaders: Loaders | None = None,
+                 ddp: bool | None = None):
+        """`loaders` stands in for the dataset's (a benchmark's batches already on the device); `ddp` wraps
+        the model in DDP on one rank too (default: from two ranks on), so that one GPU runs every rank's path."""
         self.cfg = cfg
         self.rank, self.world, local_rank = distributed_context()
-        spec = datasets.get(cfg.dataset)
-        root = spec.root(cfg.data, cfg.recipe)
         ranks_for(cfg, self.world)
         self.device = device or resolve_device(cfg, local_rank)
         if cfg.threads:
@@ -187,12 +188,15 @@ class Run:
             torch.cuda.set_device(self.device)
         torch.backends.cudnn.benchmark = cuda
         seed_everything(cfg.seed)  # the same initial weights on every rank
-        self.train_loader, self.val_loader, self.num_classes, self.holdout_loader = dataset_loaders(
-            spec, root, image_size=cfg.image_size, augmentation=cfg.augmentation,
-            batch_size=cfg.batch_size // self.world, workers=cfg.loader_workers, rank=self.rank,
-            world=self.world, seed=cfg.seed, device=self.device, decode=cfg.decode,
-            holdout_images=cfg.holdout_images,
-        )
+        if loaders is None:
+            spec = datasets.get(cfg.dataset)
+            loaders = dataset_loaders(
+                spec, spec.root(cfg.data, cfg.recipe), image_size=cfg.image_size, augmentation=cfg.augmentation,
+                batch_size=cfg.batch_size // self.world, workers=cfg.loader_workers, rank=self.rank,
+                world=self.world, seed=cfg.seed, device=self.device, decode=cfg.decode,
+                holdout_images=cfg.holdout_images,
+            )
+        self.train_loader, self.val_loader, self.num_classes, self.holdout_loader = loaders
         self.memory_format = torch.channels_last if cfg.channels_last and cuda else torch.contiguous_format
         self.model = build_model(cfg.model, self.num_classes, cfg.image_size, drop_path=cfg.drop_path,
                                  patch_size=cfg.patch_size).to(self.device, memory_format=self.memory_format)
@@ -201,7 +205,8 @@ class Run:
         # DDP first, then compile (PyTorch's order): dynamo splits the graph at DDP's buckets, so the
         # all-reduce of each bucket overlaps the rest of the compiled backward. Evaluation runs the plain
         # module (no DDP collectives: ranks may hold different counts), compiled too.
-        self.ddp = data_parallel(self.model, self.device) if self.world > 1 else self.model
+        wrap = self.world > 1 if ddp is None else ddp
+        self.ddp = data_parallel(self.model, self.device) if wrap else self.model
         self.forward = torch.compile(self.ddp) if cfg.compile else self.ddp
         self.evaluator = torch.compile(self.model) if cfg.compile else self.model
         self.amp_dtype = autocast_dtype(cfg, self.device)
