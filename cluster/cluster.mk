@@ -6,6 +6,8 @@
 #   make cluster-dashboard                             # second terminal: SSH tunnel, Jobs API on 127.0.0.1:8265
 #   make cluster-submit BUCKET=<bucket>                # the ResNet-50 grid (cluster/README.md)
 #   make cluster-logs JOB=<submission id>
+#   make cluster-resume                                # lost the head: leftovers, ray up, the same grid again
+#   make cluster-leftovers [LEFTOVERS=terminate]       # the cluster's EC2 instances not terminated yet
 #   make cluster-down
 #   make kuberay-render kuberay-up BUCKET=<bucket> REGISTRY=<registry> SHARDS_ROLE=<role arn>; make kuberay-logs
 #
@@ -37,13 +39,18 @@ SSH_CIDR ?=
 CLUSTER_ADDRESS ?= http://127.0.0.1:8265
 CLUSTER_EXPERIMENT ?= imagenet-resnet50
 # The paper's ResNet-50 grid: 3 seeds x alpha in {0, 0.2, 0.3, 1} (standard, GNP, GNP, SAM), r = 0.05, one
-# 8-GPU node per trial. --no-resource-check: the cluster autoscales, so the grid must not size itself on
-# the GPUs that happen to be up when it is submitted (Ray queues the trials that do not fit yet). No
+# 8-GPU node per trial. --no-resource-check skips the one-node fit check only: the trials at once still come
+# from the autoscaler's node types and counts, not from the GPUs up when it is submitted. SMOKE=50 submits
+# the smoke run instead (jobs/smoke.py: a few steps, a go/no-go; not recorded for cluster-resume). No
 # precision flags: the ImageNet recipes choose bf16 + channels_last on CUDA themselves.
 CLUSTER_GRID ?= --recipe imagenet-resnet50 --data /mnt/imagenet --seeds 0,1,2 --alpha 0,0.2,0.3,1 --r 0.05 \
 	--workers 4 --gpus-per-worker 1 --cpus-per-worker 10 --experiment $(CLUSTER_EXPERIMENT) \
 	--results s3://$(BUCKET)/gnp-results --storage s3://$(BUCKET)/gnp-ray-storage --no-resource-check
 JOB ?=
+# What cluster-submit sent last (cluster/resubmit.py): cluster-resume sends the same grid again.
+CLUSTER_SUBMITTED = $(CLUSTER_BUILD)/last-submit.json
+# LEFTOVERS=terminate: cluster-leftovers / cluster-resume terminate the old cluster's instances they list.
+LEFTOVERS ?=
 # The job's code: this working tree, without the environments, results and version control; and its version
 # (the commit, +dirty for local edits), computed here since the uploaded tree has no .git: the rows record it.
 # The same as `make submit` uploads (jobs.submit).
@@ -87,11 +94,17 @@ RENDER = sed -e 's|__BUCKET__|$(BUCKET)|g' -e 's|__REGISTRY__|$(REGISTRY)|g' -e 
 	-e 's|__NVME__|$(KUBERAY_NVME)|g' -e 's|__SHARDS_ROLE__|$(SHARDS_ROLE)|g' -e '/role-arn: pod-identity$$/d'
 
 .PHONY: cluster-image kuberay-image cluster-image-name cluster-render cluster-check cluster-up cluster-dashboard cluster-submit \
-	cluster-logs cluster-status cluster-down cluster-args cluster-runtime-env kuberay-render kuberay-prereqs kuberay-preflight \
+	cluster-logs cluster-status cluster-down cluster-leftovers cluster-resume cluster-resubmit cluster-args cluster-runtime-env kuberay-render kuberay-prereqs kuberay-preflight \
 	kuberay-up kuberay-logs
 
 define cluster_need
 @test -n "$($(1))" || { echo "error: set $(1)=... ($(2))" >&2; exit 2; }
+endef
+
+# A config that cluster-up brought up from here (rendered, and the security group's id written in).
+define cluster_need_up
+@test -f $(CLUSTER_CONFIG) && ! grep -q __SECURITY_GROUP__ $(CLUSTER_CONFIG) || { echo "error: no cluster was \
+brought up from here ($(CLUSTER_CONFIG)); run make cluster-up with the variables of the lost one" >&2; exit 2; }
 endef
 
 # ---- the image (AWS and KubeRay) ----
@@ -163,7 +176,8 @@ cluster-submit: $(VENV)/.installed
 	  $(CLUSTER_ADDRESS) 2>/dev/null \
 	  || { echo "error: no Jobs API at $(CLUSTER_ADDRESS); run make cluster-dashboard in another terminal" >&2; exit 2; }
 	$(RAY) job submit --address $(CLUSTER_ADDRESS) --no-wait $(if $(JOB),--submission-id $(JOB)) \
-	  --runtime-env-json '$(CLUSTER_RUNTIME_ENV)' -- python -m jobs.grid $(CLUSTER_GRID)
+	  --runtime-env-json '$(CLUSTER_RUNTIME_ENV)' -- python -m jobs.grid $(CLUSTER_GRID) $(if $(SMOKE),--smoke $(SMOKE))
+	$(if $(SMOKE),,@$(PY) cluster/resubmit.py record $(CLUSTER_SUBMITTED) $(if $(JOB),--job $(JOB)) -- python -m jobs.grid $(CLUSTER_GRID))
 
 cluster-logs: $(VENV)/.installed
 	$(call cluster_need,JOB,the submission id that cluster-submit printed; or see: $(VENV)/bin/ray job list --address $(CLUSTER_ADDRESS))
@@ -175,6 +189,44 @@ cluster-status: $(VENV)/.installed
 cluster-down: $(VENV)/.installed
 	@test -f $(CLUSTER_CONFIG) || { echo "error: no $(CLUSTER_CONFIG); nothing was brought up from here" >&2; exit 2; }
 	$(RAY) down -y $(CLUSTER_CONFIG)
+
+# The EC2 instances of the config's cluster_name in any state but terminated, with the commands that remove them
+# (cluster/leftovers.py); LEFTOVERS=terminate terminates them. Terminates nothing otherwise.
+CLUSTER_LEFTOVERS = $(PY) cluster/leftovers.py $(CLUSTER_CONFIG) $(if $(filter terminate,$(LEFTOVERS)),--terminate)
+# The grid cluster-submit recorded, sent again under a new submission id (JOB=..., else <experiment>-<UTC time>)
+# through the cluster-dashboard tunnel, or one opened for it: the same experiment, results and storage resume.
+CLUSTER_RESUBMIT = RAY_AUTH_MODE=token $(PY) cluster/resubmit.py submit $(CLUSTER_SUBMITTED) --config $(CLUSTER_CONFIG) \
+	--address $(CLUSTER_ADDRESS) --runtime-env-json '$(CLUSTER_RUNTIME_ENV)' --ray $(VENV)/bin/ray $(if $(JOB),--job $(JOB))
+
+define cluster_leftovers_choice
+@case "$(LEFTOVERS)" in ""|terminate) ;; *) echo "error: LEFTOVERS=$(LEFTOVERS): terminate, or leave it unset to \
+terminate nothing" >&2; exit 2;; esac
+@$(PY) -c "import boto3" 2>/dev/null || $(PY) -m pip install --quiet boto3
+endef
+
+cluster-leftovers: $(VENV)/.installed
+	$(cluster_need_up)
+	$(cluster_leftovers_choice)
+	$(CLUSTER_LEFTOVERS)
+
+# After losing the head: what the old cluster left (terminated only with LEFTOVERS=terminate), `ray up` again on
+# the same rendered config (same cluster name, image, nodes and security group; a head instance still running is
+# kept and Ray restarted on it), then the recorded grid again. Refuses, before anything, without a record.
+cluster-resume: $(VENV)/.installed
+	$(cluster_need_up)
+	@$(PY) cluster/resubmit.py show $(CLUSTER_SUBMITTED)
+	$(cluster_leftovers_choice)
+	$(CLUSTER_LEFTOVERS)
+	$(PY) cluster/check.py $(CLUSTER_CONFIG)
+	@test -s $$HOME/.ray/auth_token || $(RAY) get-auth-token --generate >/dev/null
+	@chmod 600 $$HOME/.ray/auth_token
+	RAY_UP_enable_autoscaler_v2=1 $(RAY) up -y $(CLUSTER_CONFIG)
+	$(CLUSTER_RESUBMIT)
+
+# The recorded grid again on a cluster that is up (when cluster-resume's submission failed).
+cluster-resubmit: $(VENV)/.installed
+	$(cluster_need_up)
+	$(CLUSTER_RESUBMIT)
 
 # The grid's arguments and runtime env as cluster-submit passes them (tests/test_cluster.py reads both).
 cluster-args:
