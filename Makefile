@@ -60,7 +60,9 @@ CIFAR_PROTOCOL = $(if $(DATA),--recipe $(CIFAR_RECIPE) --data $(DATA) $(if $(PYR
 	--workers 4 --gpus-per-worker 1,--recipe digits-cifar --seeds 0,1 --search-r 0.02,0.05,0.1 --search-alpha 0.3,0.5,0.8 \
 	--epochs 10 --workers 2 --cpus-per-worker 0.49) $(PROTOCOL_ARGS)
 CIFAR_GRID = $(or $(GRID),$(if $(PROTOCOL),$(CIFAR_PROTOCOL),$(if $(DATA),$(CIFAR_PAPER_GRID),$(CIFAR_DEMO_GRID))))
-COMMON_ARGS = --results $(RESULTS) $(if $(DRY_RUN),--dry-run)
+# SMOKE=50: first a few steps of the grid where it will run (jobs/smoke.py), a go/no-go and its hours.
+SMOKE ?=
+COMMON_ARGS = --results $(RESULTS) $(if $(DRY_RUN),--dry-run) $(if $(SMOKE),--smoke $(SMOKE))
 
 .PHONY: install test test-oldest test-gpu gpu-wheels imagenet cifar train tables lint bench submit local-cluster local-cluster-stop clean
 

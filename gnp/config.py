@@ -108,6 +108,8 @@ class TrainConfig:
                                  "0: none)")
     patch_size: int | None = option(None, "the ViTs' patch side in pixels (none: the official code's, 4 for "
                                     "10 or 100 classes, 16 for 1,000)")
+    max_steps_per_epoch: int | None = option(None, "end each epoch's training after this many steps (a smoke "
+                                             "run; none: every batch); evaluation stays whole")
 
     def replace(self, **changes) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
@@ -240,6 +242,8 @@ def validate(cfg: TrainConfig) -> None:
             raise UserError(f"{name} must be >= 1, got {getattr(cfg, name)}")
     if cfg.regularize_prob > 1:
         raise UserError(f"regularize_prob is a probability (0 to 1), got {cfg.regularize_prob}")
+    if cfg.max_steps_per_epoch is not None and cfg.max_steps_per_epoch < 1:
+        raise UserError(f"max_steps_per_epoch must be >= 1 or none, got {cfg.max_steps_per_epoch}")
     if cfg.perturbation_batch is not None and cfg.perturbation_batch < 1:
         raise UserError(f"perturbation_batch must be >= 1 or none, got {cfg.perturbation_batch}")
     if cfg.clip_grad_norm is not None and not (math.isfinite(cfg.clip_grad_norm) and cfg.clip_grad_norm > 0):

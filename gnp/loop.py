@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import gc
 import inspect
+import itertools
 import math
 import os
 import random
@@ -219,7 +220,7 @@ class Run:
             clip_grad_norm=cfg.clip_grad_norm, grad_scaler=self.scaler if self.scaler.is_enabled() else None,
             variant_options=cfg.variant_options, **settings,
         )
-        self.steps_per_epoch = len(self.train_loader)
+        self.steps_per_epoch = min(len(self.train_loader), cfg.max_steps_per_epoch or len(self.train_loader))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer.base_optimizer, lr_lambda(cfg, self.steps_per_epoch)
         )
@@ -247,7 +248,7 @@ class Run:
         seen = steps = regularized = 0
         total = self.cfg.epochs * self.steps_per_epoch
         start = beat = time.perf_counter()
-        for step, (images, targets) in enumerate(self.train_loader):
+        for step, (images, targets) in enumerate(itertools.islice(self.train_loader, self.steps_per_epoch)):
             images = to_device(images, self.device, self.memory_format)
             targets = targets.to(self.device, non_blocking=True)
             self.regularization_ramp(step)

@@ -72,15 +72,18 @@ def assumed_rate(cfg: TrainConfig) -> dict | None:
 
 
 def rate_for(cfg: TrainConfig, on_gpu: bool, rates: list[dict]) -> dict | None:
-    """The median measured rate for this model on this kind of device, its variant first."""
+    """The median measured rate for this model on this kind of device: results before benchmarks, and
+    within each its variant first."""
     same_device = [r for r in rates if r["model"] == cfg.model and (r["device"] != "cpu") == on_gpu]
     passes = variants.REGISTRY[cfg.variant].passes
     registry = variants.REGISTRY
-    for match in (lambda r: r["variant"] == cfg.variant,
-                  lambda r: r["variant"] in registry and registry[r["variant"]].passes == passes):
-        found = sorted((r for r in same_device if match(r)), key=lambda r: r["per_device"])
-        if found:
-            return found[len(found) // 2]
+    for from_results in (True, False):
+        for match in (lambda r: r["variant"] == cfg.variant,
+                      lambda r: r["variant"] in registry and registry[r["variant"]].passes == passes):
+            found = sorted((r for r in same_device if match(r) and (r["source"] == "results") == from_results),
+                           key=lambda r: r["per_device"])
+            if found:
+                return found[len(found) // 2]
     return None
 
 

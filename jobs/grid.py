@@ -127,6 +127,12 @@ def run(args) -> int:
 
         return protocol.run(args, run)
     grid = prepare(args)
+    real = grid
+    if args.smoke:
+        from jobs import smoke
+
+        grid = dataclasses.replace(grid, configs=smoke.smoke_configs(grid.configs, args.smoke),
+                                   experiment=smoke.experiment_name(grid.experiment))
     if args.dry_run:
         return dry_run(args, grid)
     callbacks = logger_callbacks(args.logger, grid.experiment)
@@ -135,7 +141,13 @@ def run(args) -> int:
     if grid.dataset is None:
         grid.dataset = remote_dataset(grid.configs[0].dataset, args.data, placement)
         check_batch(grid.configs, grid.dataset)
-    return launch(args, grid, placement, callbacks)
+    code = launch(args, grid, placement, callbacks)
+    if args.smoke and code != INTERRUPTED:
+        go = smoke.report(grid.results, grid.experiment, grid.configs)
+        print("== the grid at the rates measured:", flush=True)
+        dry_run(args, real)
+        return 0 if go and code == 0 else 1
+    return code
 
 
 def prepare(args) -> Grid:

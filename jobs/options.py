@@ -138,6 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
     ray.add_argument("--logger", choices=LOGGERS, action="append", default=[],
                      help="also log every trial's metrics to MLflow or Weights & Biases (pip install "
                           "'gnp-ray[tracking]'); TensorBoard files are always written")
+    ray.add_argument("--smoke", type=int, nargs="?", const=50, metavar="STEPS",
+                     help="run the grid's first trial of each kind of step for one epoch of STEPS steps "
+                          "(default 50) on the cluster, under <experiment>-smoke-<time>: seconds per step, "
+                          "img/s per device, a go/no-go and the grid's hours at those rates; the grid itself "
+                          "does not run")
     ray.add_argument("--dry-run", action="store_true",
                      help="print the trials and the GPU-hours they will take, then exit before Ray starts")
     protocol = p.add_argument_group("the paper's greedy search (--protocol greedy; see jobs/protocol.py)")
@@ -293,6 +298,9 @@ def check_run_options(args) -> None:
     if (args.asha or args.asha_grace_epochs is not None) and not args.protocol:
         raise UserError("--asha stops trials early in the greedy protocol's search stages only (never the "
                         "reported seeds); add --protocol greedy, or drop --asha")
+    if args.smoke is not None and (args.smoke < 1 or args.protocol):
+        raise UserError("--smoke takes a number of steps >= 1, for a plain grid (not --protocol): smoke-test the "
+                        "protocol's final grid as its own command")
     if args.asha_grace_epochs is not None and not args.asha:
         raise UserError("--asha-grace-epochs sets ASHA's grace period; add --asha")
     if (args.asha_grace_epochs is not None and args.asha_grace_epochs < 1) or args.asha_reduction < 2:

@@ -402,3 +402,15 @@ def test_the_dry_run_prices_a_holdout_grid_on_the_images_it_trains_on(tmp_path, 
     (a,), (b,) = (h.values() for h in hours)
     assert b / a == pytest.approx(1000 / 1437)
     assert "15,000" in capsys.readouterr().out  # 15 epochs × the 1,000 images left to train on
+
+
+def test_a_rate_from_results_comes_before_a_benchmarks_whatever_their_sizes():
+    from jobs.estimate import rate_for
+
+    cfg = get_recipe("digits").replace(variant="gnp", alpha=0.8)
+    bench = dict(model=cfg.model, device="cpu", per_device=900.0, source="step_ratio-cpu.json")
+    results = dict(model=cfg.model, device="cpu", per_device=100.0, source="results")
+    rates = [{**bench, "variant": "gnp"}, {**bench, "variant": "sam", "per_device": 50.0},
+             {**results, "variant": "sam"}]  # the results have only SAM (two passes as well): still first
+    assert rate_for(cfg, False, rates)["source"] == "results"
+    assert rate_for(cfg, False, rates[:2])["per_device"] == 900.0  # no results: the benchmark's own variant

@@ -486,6 +486,11 @@ def test_asha_stops_search_trials_and_the_final_stage_runs_its_seeds_to_the_end(
             if not self.chosen(trial):  # ASHA's rungs never see them: they could not stop the others
                 super().on_trial_complete(tune_controller, trial, result)
 
+    def training_actors() -> set:
+        return {a.actor_id for a in list_actors(filters=[("state", "=", "ALIVE")])
+                if a.class_name in ("TrainController", "RayTrainWorker")}
+
+    earlier = training_actors()  # an earlier test's, if any: not this one's
     monkeypatch.setattr(schedulers, "ASHAScheduler", StopsSeed1AndR01)
     argv = ["--recipe", "digits-cifar", "--protocol", "greedy", "--search-r", "0.02,0.1", "--search-alpha", "0.5",
             "--search-seeds", "0,1", "--seeds", "0,1", "--epochs", "2", "--batch-size", "64", "--workers", "1",
@@ -506,9 +511,27 @@ def test_asha_stops_search_trials_and_the_final_stage_runs_its_seeds_to_the_end(
     assert (cell["n"], cell["stopped"]) == (0, 2)
     table = format_table(load_results(tmp_path / "asha"), kind="cells")
     assert "2 stopped" in table and "ASHA ended early" in table
-    alive = {a.class_name for a in list_actors(filters=[("state", "=", "ALIVE")])}
-    assert not alive & {"TrainController", "RayTrainWorker"}, alive  # no stopped trial still training
+    deadline = time.monotonic() + 60  # an actor's death reaches the state API after a moment
+    while training_actors() - earlier and time.monotonic() < deadline:
+        time.sleep(1)
+    assert not training_actors() - earlier  # no stopped trial still training
     # A rerun has nothing left to run: the stopped search trials count as done under --asha.
     before = {f.name: f.stat().st_mtime_ns for f in (tmp_path / "asha").glob("*.parquet")}
     assert grid.main(argv) == 0
     assert {f.name: f.stat().st_mtime_ns for f in (tmp_path / "asha").glob("*.parquet")} == before
+
+
+def test_a_smoke_run_trains_a_few_steps_of_each_kind_reports_go_and_prices_the_grid(cluster, tmp_path, capsys):
+    """--smoke 3 on the 2-node test cluster: one trial of one pass and one of two passes, 3 steps of one
+    epoch each, under <experiment>-smoke-<time>; the grid itself does not run, and its plan is priced at
+    the rates the smoke trials measured."""
+    assert run_grid(tmp_path, "--seeds", "0,1", "--alpha", "0,0.8,1", "--experiment", "g", "--smoke", "3") == 0
+    out = capsys.readouterr().out
+    (folder,) = (tmp_path / "results").glob("g-smoke-*")
+    rows = parquet_rows(folder)
+    assert sorted((r["variant"], r["epoch"], r["status"]) for r in rows) == [("gnp", 1, "ok"), ("standard", 1, "ok")]
+    assert all(json.loads(r["config"])["max_steps_per_epoch"] == 3 for r in rows)
+    assert not (tmp_path / "results" / "g").exists()  # the grid itself did not run
+    assert "GO: every smoke trial" in out and out.count(" s/step, ") == 2 and "img/s per device" in out
+    plan = out.split("== the grid at the rates measured:")[1]
+    assert "6 trials, 6 to run" in plan and "results" in plan  # priced from the smoke trials' rows

@@ -50,6 +50,8 @@ GRID = [
     (["--recipe", "digits-cifar", "--protocol", "greedy", "--augmentation", "basic,cutout"],
      "--augmentation sweeps several: run the protocol once per value"),
     (["--asha"], "--asha stops trials early in the greedy protocol's search stages only"),
+    (["--smoke", "0"], "--smoke takes a number of steps >= 1, for a plain grid"),
+    (["--protocol", "greedy", "--smoke"], "--smoke takes a number of steps >= 1, for a plain grid"),
     (["--protocol", "greedy", "--asha-grace-epochs", "2"], "--asha-grace-epochs sets ASHA's grace period; add --asha"),
     (["--protocol", "greedy", "--asha", "--asha-reduction", "1"], "--asha-reduction >= 2"),
     (["--protocol", "greedy", "--asha", "--asha-grace-epochs", "30", "--epochs", "30"],
