@@ -522,7 +522,7 @@ def test_asha_stops_search_trials_and_the_final_stage_runs_its_seeds_to_the_end(
 
 
 def test_a_smoke_run_trains_a_few_steps_of_each_kind_reports_go_and_prices_the_grid(cluster, tmp_path, capsys):
-    """--smoke 3 on the 2-node test cluster: one trial of one pass and one of two passes, 3 steps of one
+    """--smoke 3 on the test cluster: one trial of one pass and one of two passes, 3 steps of one
     epoch each, under <experiment>-smoke-<time>; the grid itself does not run, and its plan is priced at
     the rates the smoke trials measured."""
     assert run_grid(tmp_path, "--seeds", "0,1", "--alpha", "0,0.8,1", "--experiment", "g", "--smoke", "3") == 0
