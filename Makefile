@@ -75,7 +75,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 # The suite on the oldest torch and torchvision pyproject.toml admits (its lower bounds), everything else as
 # in constraints.txt, in its own environment (.venv-oldest; pip downloads about 3 GB of CUDA wheels).

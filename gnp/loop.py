@@ -248,7 +248,10 @@ class Run:
         seen = steps = regularized = 0
         total = self.cfg.epochs * self.steps_per_epoch
         start = beat = time.perf_counter()
-        for step, (images, targets) in enumerate(itertools.islice(self.train_loader, self.steps_per_epoch)):
+        batches = self.train_loader  # run to its end, unless max_steps_per_epoch cuts the epoch short
+        if self.steps_per_epoch < len(self.train_loader):
+            batches = itertools.islice(self.train_loader, self.steps_per_epoch)
+        for step, (images, targets) in enumerate(batches):
             images = to_device(images, self.device, self.memory_format)
             targets = targets.to(self.device, non_blocking=True)
             self.regularization_ramp(step)
