@@ -11,7 +11,6 @@ import json
 import os
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 import tomllib
@@ -20,11 +19,10 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
+from cluster_files import CLUSTER, COMMIT, MAKE_FILL, ROOT, load, run_make
 
 from jobs.driver import TRIAL_DRIVER
 
-ROOT = Path(__file__).resolve().parent.parent
-CLUSTER = ROOT / "cluster"
 AWS = CLUSTER / "aws-gpu.yaml"
 RAYCLUSTER = CLUSTER / "kuberay-raycluster.yaml"
 RAYJOB = CLUSTER / "kuberay-rayjob.yaml"
@@ -32,25 +30,13 @@ PREREQS = CLUSTER / "kuberay-prereqs.yaml"
 KUBERAY = [RAYCLUSTER, RAYJOB]
 POLICIES = [CLUSTER / "aws-head-policy.json", CLUSTER / "aws-worker-policy.json"]
 DOCKERFILE = CLUSTER / "Dockerfile"
-COMMIT = "0123456789ab"
 FILL = {"__BUCKET__": "test-bucket", "__REGION__": "us-west-2", "__AMI__": "ami-0123456789abcdef0",
         "__REGISTRY__": "registry.example/team", "__COMMIT__": COMMIT, "__SSH_CIDR__": "203.0.113.7/32",
         "__SECURITY_GROUP__": "sg-0123456789abcdef0", "__GPU_TYPE__": "p5.48xlarge", "__NVME__": "/mnt/k8s-disks/0",
         "__SHARDS_ROLE__": "arn:aws:iam::123456789012:role/gnp-ray-shards"}
 PLACEHOLDER = re.compile(r"__[A-Z_]+__")
-MAKE_FILL = ["BUCKET=test-bucket", "CLUSTER_AMI=ami-0123456789abcdef0", "REGISTRY=registry.example/team",
-             f"COMMIT={COMMIT}", "SSH_CIDR=203.0.113.7/32"]
-
-
-def _load(name: str, file: str):
-    spec = importlib.util.spec_from_file_location(name, CLUSTER / file)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-check = _load("cluster_check", "check.py")
-aws_setup = _load("cluster_aws_setup", "aws_setup.py")
+check = load("check")
+aws_setup = load("aws_setup")
 
 
 def docs(path: Path) -> list:
@@ -99,13 +85,7 @@ def image_tag(image: str) -> str:
 
 
 def make(*args: str) -> str:
-    if shutil.which("make") is None:
-        pytest.skip("make is not installed")
-    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
-    out = subprocess.run(["make", "--no-print-directory", "-s", "-f", "cluster/cluster.mk", *args], cwd=ROOT,
-                         capture_output=True, text=True, timeout=30, env=env)
-    assert out.returncode == 0, out.stderr
-    return out.stdout
+    return run_make(*args, timeout=30).stdout
 
 
 # ---- the cluster-launcher config ------------------------------------------------------------------------
@@ -871,8 +851,9 @@ def shards_module():
     sys.path.remove(str(CLUSTER))
 
 
-def small_imagenet(root: Path) -> dict[str, bytes]:
-    files = {f"{split}/n{c:08d}/n{c:08d}_{i}.JPEG": os.urandom(1000 + 37 * i)
+def small_imagenet(root: Path, salt: bytes = b"") -> dict[str, bytes]:
+    """A small ImageNet layout of random files; `salt` changes their sizes, so a pack of it has another index."""
+    files = {f"{split}/n{c:08d}/n{c:08d}_{i}.JPEG": os.urandom(1000 + 37 * i) + salt
              for split in ("train", "val") for c in range(3) for i in range(4)}
     for name, data in files.items():
         (root / name).parent.mkdir(parents=True, exist_ok=True)
@@ -897,6 +878,33 @@ def test_shards_round_trip_and_a_rerun_skips_what_is_staged(tmp_path, shards_mod
     (tmp_path / "dst" / ".staged" / index["shards"][0]["name"]).with_suffix(".tar.done").write_text("1")
     with pytest.raises(RuntimeError, match="index"):
         shards_module.stage(str(tmp_path / "shards"), tmp_path / "dst", log=lambda *_: None)
+
+
+def test_a_second_stage_of_the_same_manifest_copies_nothing(tmp_path, shards_module):
+    small_imagenet(tmp_path / "src")
+    index = shards_module.pack(tmp_path / "src", tmp_path / "shards", shard_bytes=2000)
+    quiet = dict(log=lambda *_: None)
+    first = shards_module.stage(str(tmp_path / "shards"), tmp_path / "cache", processes=2, **quiet)
+    assert first["shards"] == len(index["shards"]) and first["bytes"] > 0
+    assert (tmp_path / "cache" / ".staged" / "manifest").read_text() == first["manifest"]
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("*.JPEG")}
+    again = shards_module.stage(str(tmp_path / "shards"), tmp_path / "cache", **quiet)  # a RayJob retry on the node
+    assert again["shards"] == 0 and again["bytes"] == 0 and again["manifest"] == first["manifest"]
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("*.JPEG")} == before
+
+
+def test_a_new_manifest_restages_everything(tmp_path, shards_module):
+    small_imagenet(tmp_path / "src")
+    shards_module.pack(tmp_path / "src", tmp_path / "shards", shard_bytes=2000)
+    shards_module.stage(str(tmp_path / "shards"), tmp_path / "cache", log=lambda *_: None)
+    files = small_imagenet(tmp_path / "src2", salt=b"v2")  # same shard names, other contents: repacked ImageNet
+    index = shards_module.pack(tmp_path / "src2", tmp_path / "shards2", shard_bytes=2000)
+    said = []
+    new = shards_module.stage(str(tmp_path / "shards2"), tmp_path / "cache", log=said.append)
+    assert new["shards"] == len(index["shards"]) and new["skipped"] == 0
+    assert any("another manifest" in line for line in said)
+    for name, data in files.items():
+        assert (tmp_path / "cache" / name).read_bytes() == data
 
 
 def test_staging_refuses_paths_out_of_the_folder(tmp_path, shards_module):

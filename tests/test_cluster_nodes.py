@@ -5,8 +5,6 @@ Offline: render, validate against Ray's schema and prepare_config, and run the s
 """
 
 import copy
-import importlib.util
-import os
 import re
 import shutil
 import subprocess
@@ -15,33 +13,14 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cluster_files import CLUSTER, MAKE_FILL, ROOT, load, run_make
 
-ROOT = Path(__file__).resolve().parent.parent
-CLUSTER = ROOT / "cluster"
-MAKE_FILL = ["BUCKET=test-bucket", "CLUSTER_AMI=ami-0123456789abcdef0", "REGISTRY=registry.example/team",
-             "COMMIT=0123456789ab", "SSH_CIDR=203.0.113.7/32", f"PY={sys.executable}"]
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"cluster_{name}", CLUSTER / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+render = load("render")
+gpu_driver = load("gpu_driver")
+check = load("check")
 
 
-render = _load("render")
-gpu_driver = _load("gpu_driver")
-check = _load("check")
-
-
-def make(*args: str, ok: bool = True) -> subprocess.CompletedProcess:
-    if shutil.which("make") is None:
-        pytest.skip("make is not installed")
-    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
-    out = subprocess.run(["make", "--no-print-directory", "-s", "-f", "cluster/cluster.mk", *args], cwd=ROOT,
-                         capture_output=True, text=True, timeout=60, env=env)
-    assert (out.returncode == 0) == ok, out.stderr
-    return out
+make = run_make
 
 
 def rendered(tmp_path: Path, *choices: str) -> tuple[dict, str]:
@@ -195,54 +174,6 @@ def test_the_stager_checks_the_driver_before_staging(tmp_path):
     assert "cluster/gpu_driver.py" in (CLUSTER / "Dockerfile").read_text()
 
 
-# ---- item 7: the ImageNet cache keyed by the manifest --------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def shards():
-    sys.path.insert(0, str(CLUSTER))
-    import imagenet_shards
-
-    yield imagenet_shards
-    sys.path.remove(str(CLUSTER))
-
-
-def tree(root: Path, salt: bytes = b"") -> dict[str, bytes]:
-    files = {f"{split}/n{c:08d}/n{c:08d}_{i}.JPEG": os.urandom(500) + salt
-             for split in ("train", "val") for c in range(2) for i in range(3)}
-    for name, data in files.items():
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / name).write_bytes(data)
-    return files
-
-
-def test_a_second_stage_of_the_same_manifest_copies_nothing(tmp_path, shards):
-    tree(tmp_path / "src")
-    index = shards.pack(tmp_path / "src", tmp_path / "shards", shard_bytes=2000)
-    quiet = dict(log=lambda *_: None)
-    first = shards.stage(str(tmp_path / "shards"), tmp_path / "cache", processes=2, **quiet)
-    assert first["shards"] == len(index["shards"]) and first["bytes"] > 0
-    assert (tmp_path / "cache" / ".staged" / "manifest").read_text() == first["manifest"]
-    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("*.JPEG")}
-    again = shards.stage(str(tmp_path / "shards"), tmp_path / "cache", **quiet)  # a RayJob retry on the node
-    assert again["shards"] == 0 and again["bytes"] == 0 and again["manifest"] == first["manifest"]
-    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("*.JPEG")} == before
-
-
-def test_a_new_manifest_restages_everything(tmp_path, shards):
-    tree(tmp_path / "src")
-    shards.pack(tmp_path / "src", tmp_path / "shards", shard_bytes=2000)
-    shards.stage(str(tmp_path / "shards"), tmp_path / "cache", log=lambda *_: None)
-    files = tree(tmp_path / "src2", salt=b"v2")  # same shard names, other contents: repacked ImageNet
-    index = shards.pack(tmp_path / "src2", tmp_path / "shards2", shard_bytes=2000)
-    said = []
-    new = shards.stage(str(tmp_path / "shards2"), tmp_path / "cache", log=said.append)
-    assert new["shards"] == len(index["shards"]) and new["skipped"] == 0
-    assert any("another manifest" in line for line in said)
-    for name, data in files.items():
-        assert (tmp_path / "cache" / name).read_bytes() == data
-
-
 def test_kuberay_workers_stage_into_the_nodes_nvme_not_an_empty_dir():
     """An emptyDir dies with its pod, so a RayJob retry restaged 150 GB; the node's NVMe folder outlives it."""
     for path in ("kuberay-rayjob.yaml", "kuberay-raycluster.yaml"):
@@ -261,7 +192,7 @@ def test_kuberay_workers_stage_into_the_nodes_nvme_not_an_empty_dir():
 
 def test_the_security_group_is_made_in_the_subnets_vpc(tmp_path):
     """SUBNET=... may be outside the default VPC: the group (and so every node) must be in the subnet's."""
-    aws_setup = _load("aws_setup")
+    aws_setup = load("aws_setup")
     config, _ = rendered(tmp_path, "SUBNET=subnet-0123456789abcdef0")
 
     class EC2:

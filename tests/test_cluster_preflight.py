@@ -1,7 +1,6 @@
 """`make kuberay-preflight` against a stand-in kubectl: the GPU nodes' driver and NVMe kubelet storage, the
 RWX StorageClass and its CSI driver, and the workers' IRSA role (cluster/preflight.py). Offline."""
 
-import importlib.util
 import json
 import os
 import shutil
@@ -11,12 +10,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cluster_files import CLUSTER, ROOT, load
 
-ROOT = Path(__file__).resolve().parent.parent
-CLUSTER = ROOT / "cluster"
-spec = importlib.util.spec_from_file_location("cluster_preflight", CLUSTER / "preflight.py")
-preflight = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(preflight)
+preflight = load("preflight")
 ROLE = "arn:aws:iam::123456789012:role/gnp-ray-shards"
 
 

@@ -13,7 +13,6 @@ import json
 import os
 import re
 import shlex
-import shutil
 import socket
 import subprocess
 import sys
@@ -24,22 +23,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cluster_files import CLUSTER, MAKE_FILL, load, run_make
 
-ROOT = Path(__file__).resolve().parent.parent
-CLUSTER = ROOT / "cluster"
-MAKE_FILL = ["BUCKET=test-bucket", "CLUSTER_AMI=ami-0123456789abcdef0", "REGISTRY=registry.example/team",
-             "COMMIT=0123456789ab", "SSH_CIDR=203.0.113.7/32", f"PY={sys.executable}"]
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"cluster_{name}", CLUSTER / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-leftovers = _load("leftovers")
-resubmit = _load("resubmit")
+leftovers = load("leftovers")
+resubmit = load("resubmit")
 
 
 def instance(id_, state, kind="worker", node_type="gpu_p5", type_="p5.48xlarge", cluster="gnp-ray-gpu",
@@ -253,13 +240,7 @@ class Tunnel:
 
 
 def make(*args: str, env: dict | None = None, ok: bool = True) -> subprocess.CompletedProcess:
-    if shutil.which("make") is None:
-        pytest.skip("make is not installed")
-    base = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
-    out = subprocess.run(["make", "--no-print-directory", "-s", "-f", "cluster/cluster.mk", *args], cwd=ROOT,
-                         capture_output=True, text=True, timeout=120, env={**base, **(env or {})})
-    assert (out.returncode == 0) == ok, out.stdout + out.stderr
-    return out
+    return run_make(*args, env=env, ok=ok, timeout=120)
 
 
 @pytest.fixture
