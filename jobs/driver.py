@@ -79,30 +79,32 @@ def trials_at_once(need: dict, nodes: list[tuple[dict, int | None]], n_trials: i
     return max(1, min(limits))
 
 
-def check_fits(placement, n_trials: int, max_concurrent: int | None, strict: bool = True) -> int:
-    """Trials that fit at once (trials_at_once); with `strict`, a trial no node can hold is a one-line error
-    now, not a silent wait.
-
-    Train V2 checks the whole worker group against the autoscaler's maximum cluster (its own check, run
-    here before anything starts); a trial's workers are STRICT_PACKed, so one node must also hold them all.
-    """
-    import ray
-
+def check_one_node(placement, need: dict, nodes: list[tuple[dict, int | None]]) -> None:
+    """A trial no node can hold is a one-line error now, not a silent wait: Train's own check against the
+    largest cluster, then one node for all of a trial's workers (STRICT_PACK)."""
     from jobs import ray_private
 
     per_worker = placement.resources()
-    need = {k: v * placement.workers for k, v in per_worker.items()}
-    nodes = node_limits()
-    misfit = ray_private.worker_group_misfit(per_worker, placement.workers) if strict else None
+    misfit = ray_private.worker_group_misfit(per_worker, placement.workers)
     if misfit:
         raise UserError(f"{misfit} lower --workers or the resources per worker")
     best = max((n for n, _ in nodes), key=lambda n: min(n.get(k, 0) / v for k, v in need.items()), default={})
     for kind, amount in need.items():
-        if strict and amount > best.get(kind, 0) + 1e-9:
+        if amount > best.get(kind, 0) + 1e-9:
             flag = {"GPU": "--gpus-per-worker", "CPU": "--cpus-per-worker"}.get(kind, "the resources")
             raise UserError(f"each trial needs {amount:g} {kind} on one node ({placement.workers} workers × "
                             f"{per_worker[kind]:g}) but the largest node has {best.get(kind, 0):g}; lower "
                             f"--workers or {flag}")
+
+
+def check_fits(placement, n_trials: int, max_concurrent: int | None, strict: bool = True) -> int:
+    """Trials that fit at once (trials_at_once); with `strict`, first check_one_node."""
+    import ray
+
+    need = {k: v * placement.workers for k, v in placement.resources().items()}
+    nodes = node_limits()
+    if strict:
+        check_one_node(placement, need, nodes)
     cluster = ray.cluster_resources()
     need["CPU"] = need.get("CPU", 0) + driver_resources(cluster).get("cpu", 0)  # a CPU driver beside its workers
     return trials_at_once(need, nodes, n_trials, max_concurrent, drivers=cluster.get(TRIAL_DRIVER))
