@@ -68,8 +68,8 @@ IMAGE_SOURCES = constraints.txt pyproject.toml README.md gnp jobs analysis clust
 # The GPU nodes (cluster/render.py): an 8-GPU type of cluster/aws-gpu.yaml (p5.48xlarge: 8 x H100,
 # p4d.24xlarge: 8 x A100) and how many at most; capacity: MARKET=on-demand|spot|capacity-block and
 # RESERVATION=cr-... (an On-Demand Capacity Reservation, or the Capacity Block's); where: SUBNET=subnet-...
-# or ZONE=<region>a (a reservation needs one of them: it lives in one AZ). KubeRay: the worker group's
-# nodeSelector instance type.
+# or ZONE=<region>a (a reservation needs one of them: it lives in one AZ). KubeRay: GPU_TYPE is the worker
+# group's nodeSelector instance type, NODES its maxReplicas.
 GPU_TYPE ?= p5.48xlarge
 NODES ?= 4
 MARKET ?= on-demand
@@ -155,11 +155,13 @@ cluster-render:
 cluster-check: $(VENV)/.installed
 	$(PY) cluster/check.py $(CLUSTER_CONFIG) $(CLUSTER_POLICIES)
 
-# ray up runs autoscaler v2 (RAY_UP_enable_autoscaler_v2=1, said explicitly; Ray's default since 2.50): the
-# config's RAY_AUTOSCALER_RECONCILE_RAY_INSTALL_STATUS_TIMEOUT_S is one of its settings.
+# Before anything is created: the GPU type is offered where the nodes go and the reservation can take them
+# (cluster/capacity.py). ray up runs autoscaler v2 (RAY_UP_enable_autoscaler_v2=1, said explicitly; Ray's
+# default since 2.50): the config's RAY_AUTOSCALER_RECONCILE_RAY_INSTALL_STATUS_TIMEOUT_S is one of its settings.
 cluster-up: $(VENV)/.installed cluster-render
 	$(PY) cluster/check.py $(CLUSTER_CONFIG) $(CLUSTER_POLICIES)
 	@$(PY) -c "import boto3" 2>/dev/null || $(PY) -m pip install --quiet boto3  # ray up talks to EC2 through boto3
+	$(PY) cluster/capacity.py $(CLUSTER_CONFIG)
 	$(PY) cluster/aws_setup.py $(CLUSTER_CONFIG) $(CLUSTER_POLICIES)
 	$(PY) cluster/check.py $(CLUSTER_CONFIG)
 	@test -s $$HOME/.ray/auth_token || $(RAY) get-auth-token --generate >/dev/null
@@ -218,6 +220,7 @@ cluster-resume: $(VENV)/.installed
 	$(cluster_leftovers_choice)
 	$(CLUSTER_LEFTOVERS)
 	$(PY) cluster/check.py $(CLUSTER_CONFIG)
+	$(PY) cluster/capacity.py $(CLUSTER_CONFIG)
 	@test -s $$HOME/.ray/auth_token || $(RAY) get-auth-token --generate >/dev/null
 	@chmod 600 $$HOME/.ray/auth_token
 	RAY_UP_enable_autoscaler_v2=1 $(RAY) up -y $(CLUSTER_CONFIG)
@@ -237,15 +240,18 @@ cluster-runtime-env:
 
 # ---- Kubernetes: KubeRay ----
 
+# The manifests filled in, with NODES as the GPU worker group's maxReplicas (cluster/render.py; the RayJob's
+# group, started at full size, also starts at NODES) and GPU_TYPE as its nodeSelector.
 kuberay-render:
 	$(call cluster_need,BUCKET,the S3 bucket with imagenet-shards/)
 	$(call cluster_need,REGISTRY,where make cluster-image pushed the image)
 	$(call cluster_need,COMMIT,a git checkout: the image is tagged by commit)
 	@mkdir -p $(CLUSTER_BUILD)
 	@for f in $(KUBERAY_MANIFESTS); do \
-	  $(RENDER) $$f > $(CLUSTER_BUILD)/$$(basename $$f) || exit 1; \
-	  ! grep -n '__[A-Z_]*__' $(CLUSTER_BUILD)/$$(basename $$f) || exit 1; \
-	  echo "wrote $(CLUSTER_BUILD)/$$(basename $$f)"; \
+	  out=$(CLUSTER_BUILD)/$$(basename $$f); \
+	  $(RENDER) $$f > $$out.tmp && $(PY) cluster/render.py $$out.tmp --nodes '$(NODES)' \
+	    && ! grep -n '__[A-Z_]*__' $$out.tmp || { rm -f $$out.tmp; exit 1; }; \
+	  mv $$out.tmp $$out && echo "wrote $$out"; \
 	done
 
 # The prereqs with the workers' role: an IRSA role ARN, or pod-identity (the annotation dropped).

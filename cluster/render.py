@@ -10,6 +10,12 @@ Reservation (RESERVATION alone), or an EC2 Capacity Block for ML (MARKET=capacit
 on the GPU nodes only (the head stays on-demand). A reservation or block lives in one AZ, and p4d/p5 exist
 only in some AZs: SUBNET (every node, so they share one VPC) or ZONE (Ray picks subnets there) says where.
 The file is edited line by line, so its comments stay; the defaults (p5.48xlarge, 4, on-demand) change nothing.
+
+    python cluster/render.py build/cluster/kuberay-rayjob.yaml --nodes 4
+
+On a KubeRay RayCluster or RayJob (`make kuberay-render NODES=...`) NODES is the GPU worker group's maxReplicas,
+and a group that starts at full size (the RayJob's: replicas = maxReplicas) starts at NODES; the GPU type there
+is the group's nodeSelector, which make fills in, so --nodes is the only choice it takes.
 """
 
 import argparse
@@ -21,6 +27,7 @@ from pathlib import Path
 import yaml
 
 MARKETS = ("on-demand", "spot", "capacity-block")
+KUBERAY_KINDS = ("RayCluster", "RayJob")
 RESERVATION = re.compile(r"cr-[0-9a-f]{8,17}")
 SUBNET = re.compile(r"subnet-[0-9a-f]{8,17}")
 ZONE = re.compile(r"[a-z]{2}(?:-[a-z]+)+-\d[a-z]")
@@ -34,9 +41,10 @@ def _content(line: str) -> bool:
     return bool(line.strip()) and not line.lstrip().startswith("#")
 
 
-def set_key(text: str, path: tuple[str, ...], value) -> str:
-    """text with path (mapping keys from the top) set to value, written as one line of JSON (valid YAML);
-    every other line, comments included, as it was. A missing last key is added first in its mapping."""
+def set_key(text: str, path: tuple[str | int, ...], value) -> str:
+    """text with path (mapping keys and block-list indexes from the top) set to value, written as one line of
+    JSON (valid YAML); every other line, comments included, as it was. A missing last key is added first in
+    its mapping (in a list item it must exist: the item's first line is its "- ")."""
     data = yaml.safe_load(text)
     node = data
     for key in path[:-1]:
@@ -44,21 +52,30 @@ def set_key(text: str, path: tuple[str, ...], value) -> str:
     if node.get(path[-1]) == value:
         return text
     lines = text.splitlines(keepends=True)
+    view = list(lines)  # the lines as their indentation reads: the "- " of a list item entered is two spaces
     lo, hi, indent = 0, len(lines), 0
     for depth, key in enumerate(path):
+        if isinstance(key, int):
+            items = [i for i in range(lo, hi) if view[i].startswith(" " * indent + "- ")]
+            assert key < len(items), path  # a block list (safe_load found the item)
+            found = items[key]
+            view[found] = " " * (indent + 2) + view[found][indent + 2:]
+            end = next((i for i in range(found + 1, hi) if _content(view[i]) and _indent(view[i]) <= indent), hi)
+            lo, hi, indent = found, end, indent + 2
+            continue
         pattern = re.compile(rf"^ {{{indent}}}{re.escape(key)}:(?:\s|$)")
-        found = next((i for i in range(lo, hi) if pattern.match(lines[i])), None)
+        found = next((i for i in range(lo, hi) if pattern.match(view[i])), None)
         if depth == len(path) - 1:
-            line = f"{' ' * indent}{key}: {json.dumps(value)}\n"
             if found is None:
-                lines.insert(lo, line)
+                assert not (depth and isinstance(path[depth - 1], int)), path
+                lines.insert(lo, f"{' ' * indent}{key}: {json.dumps(value)}\n")
             else:
-                lines[found] = line
+                lines[found] = f"{lines[found][:indent]}{key}: {json.dumps(value)}\n"
             break
         assert found is not None, path  # the keys above the last one exist: safe_load found them
-        end = next((i for i in range(found + 1, hi) if _content(lines[i]) and _indent(lines[i]) <= indent), hi)
+        end = next((i for i in range(found + 1, hi) if _content(view[i]) and _indent(view[i]) <= indent), hi)
         lo, hi = found + 1, end
-        indent = next(_indent(lines[i]) for i in range(lo, hi) if _content(lines[i]))
+        indent = next(_indent(view[i]) for i in range(lo, hi) if _content(view[i]))
     out = "".join(lines)
     check = yaml.safe_load(out)
     for key in path:
@@ -73,7 +90,14 @@ def gpu_types(config: dict) -> dict[str, str]:
             if t.get("resources", {}).get("GPU")}
 
 
-def choose(text: str, gpu_type: str, nodes: int, market: str = "on-demand", reservation: str = "",
+def node_count(nodes: str) -> int:
+    """NODES as a number; SystemExit with one line unless it is a whole number, at least 1."""
+    if not re.fullmatch(r"[0-9]+", nodes) or int(nodes) < 1:
+        raise SystemExit(f"error: NODES={nodes}: a whole number of GPU nodes, at least 1")
+    return int(nodes)
+
+
+def choose(text: str, gpu_type: str, nodes: str, market: str = "on-demand", reservation: str = "",
            subnet: str = "", zone: str = "") -> str:
     """The config text with the GPU nodes chosen; SystemExit with one line on a choice that cannot work."""
     config = yaml.safe_load(text)
@@ -81,8 +105,7 @@ def choose(text: str, gpu_type: str, nodes: int, market: str = "on-demand", rese
     if gpu_type not in types:
         raise SystemExit(f"error: GPU_TYPE={gpu_type}: choose one of {', '.join(sorted(types))} "
                          "(the 8-GPU node types of cluster/aws-gpu.yaml)")
-    if nodes < 1:
-        raise SystemExit(f"error: NODES={nodes}: at least 1 GPU node")
+    nodes = node_count(nodes)
     if market not in MARKETS:
         raise SystemExit(f"error: MARKET={market}: one of {', '.join(MARKETS)}")
     if reservation and not RESERVATION.fullmatch(reservation):
@@ -119,18 +142,47 @@ def choose(text: str, gpu_type: str, nodes: int, market: str = "on-demand", rese
     return text
 
 
+def _has_gpus(group: dict) -> bool:
+    return any((c.get("resources") or {}).get("limits", {}).get("nvidia.com/gpu")
+               for c in group["template"]["spec"]["containers"])
+
+
+def kuberay_nodes(text: str, nodes: str) -> str:
+    """A KubeRay RayCluster's or RayJob's text with NODES as its GPU worker groups' maxReplicas, and as the
+    replicas of a group that starts at full size; SystemExit with one line on a bad NODES."""
+    count = node_count(nodes)
+    manifest = yaml.safe_load(text)
+    spec = ("spec", "rayClusterSpec") if manifest["kind"] == "RayJob" else ("spec",)
+    groups = manifest["spec"].get("rayClusterSpec", manifest["spec"])["workerGroupSpecs"]
+    gpu = [i for i, group in enumerate(groups) if _has_gpus(group)]
+    if not gpu:
+        raise SystemExit("error: the manifest has no GPU worker group (nvidia.com/gpu limits) for NODES to size")
+    for i in gpu:
+        group = (*spec, "workerGroupSpecs", i)
+        if groups[i].get("replicas") == groups[i]["maxReplicas"]:
+            text = set_key(text, (*group, "replicas"), count)
+        text = set_key(text, (*group, "maxReplicas"), count)
+    return text
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python cluster/render.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("config", type=Path, help="a filled-in launcher config, edited in place")
-    p.add_argument("--gpu-type", required=True)
-    p.add_argument("--nodes", type=int, required=True)
+    p.add_argument("config", type=Path, help="a filled-in launcher config or KubeRay manifest, edited in place")
+    p.add_argument("--gpu-type", default="")
+    p.add_argument("--nodes", required=True)
     p.add_argument("--market", default="on-demand")
     p.add_argument("--reservation", default="")
     p.add_argument("--subnet", default="")
     p.add_argument("--zone", default="")
     args = p.parse_args(argv)
     text = args.config.read_text()
+    if yaml.safe_load(text).get("kind") in KUBERAY_KINDS:
+        if (args.gpu_type, args.market, args.reservation, args.subnet, args.zone) != ("", "on-demand", "", "", ""):
+            raise SystemExit("error: a KubeRay manifest takes --nodes only (its GPU type is the nodeSelector that "
+                             "make fills in; capacity and AZ are its node pool's)")
+        args.config.write_text(kuberay_nodes(text, args.nodes))
+        return 0
     args.config.write_text(choose(text, args.gpu_type, args.nodes, args.market, args.reservation, args.subnet,
                                   args.zone))
     return 0

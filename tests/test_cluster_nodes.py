@@ -87,6 +87,7 @@ def test_capacity_and_placement_options_reach_the_gpu_nodes_only(tmp_path, choic
 @pytest.mark.parametrize("choices, words", [
     (["GPU_TYPE=p3.16xlarge"], ["GPU_TYPE=p3.16xlarge", "p4d.24xlarge, p5.48xlarge"]),
     (["NODES=0"], ["NODES=0"]),
+    (["NODES=four"], ["NODES=four", "at least 1"]),
     (["MARKET=cheap"], ["MARKET=cheap", "spot"]),
     (["MARKET=capacity-block"], ["needs RESERVATION"]),
     (["MARKET=spot", "RESERVATION=cr-0123456789abcdef0", "ZONE=us-west-2a"], ["spot", "RESERVATION"]),
@@ -110,6 +111,62 @@ def test_set_key_keeps_every_other_line():
     added = render.set_key(text, ("b", "d", "x"), ["y"])
     assert yaml.safe_load(added)["b"]["d"] == {"x": ["y"], "c": 3}
     assert render.set_key(text, ("e",), 4) is text
+    listed = "groups:\n  # the first\n  - name: a\n    max: 1\n  - name: b  # b\n    max: 1\nmax: 1\n"
+    assert render.set_key(listed, ("groups", 1, "max"), 3) == listed.replace("max: 1\nmax", "max: 3\nmax")
+    assert render.set_key(listed, ("groups", 0, "name"), "z") == listed.replace("- name: a", '- name: "z"')
+
+
+# ---- KubeRay: NODES sizes the GPU worker group ----------------------------------------------------------
+
+KUBERAY = ("kuberay-raycluster.yaml", "kuberay-rayjob.yaml")
+
+
+def kuberay_groups(tmp_path: Path, *choices: str) -> dict[str, dict]:
+    """make kuberay-render CHOICES: each manifest's one worker group."""
+    make("kuberay-render", f"CLUSTER_BUILD={tmp_path}", *MAKE_FILL, *choices)
+    out = {}
+    for name in KUBERAY:
+        manifest = yaml.safe_load((tmp_path / name).read_text())
+        (out[name],) = manifest["spec"].get("rayClusterSpec", manifest["spec"])["workerGroupSpecs"]
+        assert check.file_problems(tmp_path / name) == []
+    return out
+
+
+@pytest.mark.parametrize("nodes", [2, 6])
+def test_nodes_is_the_kuberay_gpu_worker_groups_size(tmp_path, nodes):
+    groups = kuberay_groups(tmp_path, f"NODES={nodes}", "GPU_TYPE=p4d.24xlarge")
+    raycluster, rayjob = groups["kuberay-raycluster.yaml"], groups["kuberay-rayjob.yaml"]
+    assert raycluster["maxReplicas"] == rayjob["maxReplicas"] == nodes
+    assert raycluster["replicas"] == 0 and rayjob["replicas"] == nodes  # the RayJob's grid starts at full size
+    for group in (raycluster, rayjob):
+        assert group["minReplicas"] == 0
+        assert group["template"]["spec"]["nodeSelector"] == {"node.kubernetes.io/instance-type": "p4d.24xlarge"}
+    default = tmp_path / "default"
+    defaults = kuberay_groups(default, "GPU_TYPE=p4d.24xlarge")
+    assert {name: g["maxReplicas"] for name, g in defaults.items()} == dict.fromkeys(KUBERAY, 4)
+    sizes = {"kuberay-raycluster.yaml": ["maxReplicas"], "kuberay-rayjob.yaml": ["replicas", "maxReplicas"]}
+    for name in KUBERAY:  # line by line: only the sizes differ from the default render, the comments stay
+        changed = [(a, b) for a, b in zip((default / name).read_text().splitlines(),
+                                          (tmp_path / name).read_text().splitlines(), strict=True) if a != b]
+        assert [a.strip() for a, _ in changed] == [f"{key}: 4" for key in sizes[name]]
+        assert [b for _, b in changed] == [a.replace(": 4", f": {nodes}") for a, _ in changed]
+
+
+@pytest.mark.parametrize("nodes", ["0", "-1", "2.5", "many"])
+def test_kuberay_render_refuses_a_bad_nodes_in_one_line(tmp_path, nodes):
+    err = make("kuberay-render", f"CLUSTER_BUILD={tmp_path}", *MAKE_FILL, f"NODES={nodes}", ok=False).stderr
+    (line,) = [x for x in err.splitlines() if x.startswith("error:")]
+    assert line == f"error: NODES={nodes}: a whole number of GPU nodes, at least 1"
+    assert list(tmp_path.iterdir()) == []  # neither manifest written, nor a half-rendered one left
+
+
+def test_a_kuberay_manifest_takes_nodes_only(tmp_path):
+    """Its GPU type is the nodeSelector make fills in: an AWS choice given for it would be silently ignored."""
+    path = tmp_path / "rayjob.yaml"
+    path.write_text((CLUSTER / "kuberay-rayjob.yaml").read_text())
+    with pytest.raises(SystemExit, match="takes --nodes only"):
+        render.main([str(path), "--nodes", "2", "--market", "spot"])
+    assert path.read_text() == (CLUSTER / "kuberay-rayjob.yaml").read_text()
 
 
 # ---- item 2: the NVIDIA driver the image's torch needs ----------------------------------------------------

@@ -197,6 +197,10 @@ class _EC2:
     def terminate_instances(self, InstanceIds):
         _log("terminate_instances", InstanceIds)
 
+    def describe_instance_type_offerings(self, LocationType, Filters):  # cluster/capacity.py: offered everywhere
+        _log("describe_instance_type_offerings", Filters)
+        return {"InstanceTypeOfferings": [{"Location": "us-west-2a"}]}
+
 
 def _log(call, arg):
     with open(os.environ["FAKE_LOG"], "a") as log:
@@ -257,6 +261,9 @@ def site(tmp_path):
     (venv / "bin" / "ray").chmod(0o755)
     (lib / "boto3").mkdir(parents=True)
     (lib / "boto3" / "__init__.py").write_text(FAKE_BOTO3 + "\n\n" + inspect.getsource(matching))
+    (lib / "botocore").mkdir()
+    (lib / "botocore" / "__init__.py").write_text("")
+    (lib / "botocore" / "exceptions.py").write_text("class BotoCoreError(Exception): ...\nclass ClientError(Exception): ...\n")
     home.mkdir()
     (tmp_path / "ec2.json").write_text(json.dumps(WORLD))
     port = free_port()
@@ -292,7 +299,9 @@ def test_resume_lists_leftovers_brings_the_cluster_up_and_sends_the_same_grid_ag
     # the head is lost, and the tunnel with it; no BUCKET, GPU_TYPE, ...: the rendered config and the record hold them
     out = make("cluster-resume", *site["vars"], env=site["env"])
     log = calls(site)
-    assert [c["ec2"] for c in log if "ec2" in c] == ["client", "describe_instances"]  # listed, none terminated
+    # the leftovers listed (none terminated), then the GPU type's capacity checked before ray up
+    assert [c["ec2"] for c in log if "ec2" in c] == ["client", "describe_instances", "client",
+                                                     "describe_instance_type_offerings"]
     assert log[0]["arg"] == "us-west-2"
     assert "cluster gnp-ray-gpu left 3 instance(s) in us-west-2:" in out.stdout
     assert "aws ec2 terminate-instances --region us-west-2 --instance-ids i-gpu1 i-gpu2" in out.stdout
@@ -301,6 +310,7 @@ def test_resume_lists_leftovers_brings_the_cluster_up_and_sends_the_same_grid_ag
     assert [c["ray"][:2] for c in ray] == [["get-auth-token", "--generate"], ["up", "-y"],
                                             ["dashboard", "--port"], ["job", "submit"]]
     up, tunnel, again = ray[1], ray[2], ray[3]
+    assert log.index(up) > [c.get("ec2") for c in log].index("describe_instance_type_offerings")
     assert up["ray"] == ["up", "-y", str(site["config"])] and up["v2"] == "1" and up["auth"] == "token"
     assert tunnel["ray"] == ["dashboard", "--port", str(site["port"]), str(site["config"])]
     assert again["auth"] == "token" and again["ray"][again["ray"].index("--") + 1:] == grid
