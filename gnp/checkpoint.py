@@ -1,8 +1,14 @@
-"""Checkpoints as plain dicts of tensors and numbers: written atomically, read with weights_only=True."""
+"""Checkpoints as plain dicts of tensors and numbers: written atomically, read with weights_only=True.
+
+Each epoch's checkpoint is a folder of its own (epoch_0001, ...) that never changes once written, so an
+upload can read it while training goes on; <out>/checkpoint.pt and <out>/rows.json are hard links to the
+latest one, so the run's folder always holds its last epoch whatever happens to the epoch folders.
+"""
 
 import json
 import os
 import random
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -32,6 +38,38 @@ def save(state: dict, path: Path) -> None:
 
 def save_rows(rows: list[dict], path: Path) -> None:
     atomic_write(path, lambda f: f.write(json.dumps(rows).encode()))
+
+
+def epoch_folder_name(epoch: int) -> str:
+    return f"epoch_{epoch:04d}"
+
+
+def save_epoch(state: dict, out: Path) -> Path:
+    """Write <out>/epoch_NNNN (checkpoint.pt, rows.json) whole or not at all, then point the latest links at
+    it. Returns the folder; whoever takes it (an upload, or nobody) deletes it: the links keep the data."""
+    folder = out / epoch_folder_name(state["epoch"])
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=out))
+    try:
+        save(state, tmp / FILENAME)
+        save_rows(state["rows"], tmp / ROWS_FILENAME)
+        shutil.rmtree(folder, ignore_errors=True)  # left by an interrupted run that is now redoing this epoch
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for name in (FILENAME, ROWS_FILENAME):
+        link = out / f".{name}.link"
+        link.unlink(missing_ok=True)
+        os.link(folder / name, link)
+        os.replace(link, out / name)
+    return folder
+
+
+def remove_epoch_folders(out: Path) -> None:
+    """The epoch folders (and half-written ones) an interrupted run left; the latest links stay."""
+    for folder in out.glob("*epoch_[0-9][0-9][0-9][0-9]*"):
+        if folder.is_dir():
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def load(path: Path) -> dict:

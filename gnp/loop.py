@@ -1,7 +1,7 @@
 """The per-worker training loop: one process, torchrun, or a Ray Train worker (jobs/ wraps it).
 
-Each epoch: train (GNP steps), evaluate on every validation image once, write a checkpoint atomically on
-rank 0, and hand one metrics row to `report`. A NaN/inf loss ends the run with status "diverged": that is
+Each epoch: train (GNP steps), evaluate on every validation image once, write a checkpoint folder atomically
+on rank 0, and hand one metrics row to `report`. A NaN/inf loss ends the run with status "diverged": that is
 a result, not a crash. An fp16 step that the GradScaler skips for overflow is routine: it is counted in
 the row (`skipped_steps`), never taken for divergence.
 
@@ -19,6 +19,7 @@ import itertools
 import math
 import os
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -41,7 +42,7 @@ from gnp.optim import GNP
 DIVERGENCE_CHECK_EVERY = 50  # steps between the (one-scalar) all-reduces that look for a NaN loss
 MIN_LOSS_SCALE = 2.0**-16  # an fp16 loss scale below this means every step overflows: diverged
 
-Report = Callable[[dict, str | None], None]  # (metrics row, folder holding checkpoint.pt on rank 0 or None)
+Report = Callable[[dict, str | None], None]  # (metrics row, the epoch's checkpoint folder on rank 0 or None)
 
 
 def close_distributed() -> None:
@@ -424,24 +425,28 @@ def device_name(device: torch.device) -> str:
 
 
 def train(cfg: TrainConfig, *, resume: dict | None = None, report: Report | None = None,
-          device: torch.device | None = None) -> list[dict]:
+          device: torch.device | None = None, hand_over_checkpoints: bool = False) -> list[dict]:
     """Train one run on this worker; returns the metrics rows of every epoch (resumed ones included).
 
-    `resume` is a loaded checkpoint (see gnp.checkpoint.load). Rank 0 writes <out>/checkpoint.pt and
-    <out>/rows.json (every row so far, readable without torch) after every epoch, then every rank calls
-    `report(row, folder or None)`.
+    `resume` is a loaded checkpoint (see gnp.checkpoint.load). After every epoch rank 0 writes the epoch's
+    checkpoint folder (gnp.checkpoint.save_epoch: <out>/checkpoint.pt and <out>/rows.json, every row so far
+    and readable without torch, then link to it), then every rank calls `report(row, folder or None)`. The
+    folder is deleted once report returns, unless `hand_over_checkpoints`: then report owns it (Ray Train
+    uploads it in the background while the next epoch trains, and deletes it after).
     """
     out = prepare_output(cfg.out)
     run = Run(cfg, device)
     if resume is not None:
         run.load_state(resume)
     report = report or (lambda row, folder: None)
+    if run.rank == 0 and not hand_over_checkpoints:
+        checkpoint.remove_epoch_folders(out)
     while run.epoch < cfg.epochs and not (run.rows and run.rows[-1]["status"] == "diverged"):
         row = run.run_epoch()
         run.rows.append(row)
         state = run.state()
-        if run.rank == 0:
-            checkpoint.save(state, out / checkpoint.FILENAME)
-            checkpoint.save_rows(run.rows, out / checkpoint.ROWS_FILENAME)
-        report(row, str(out) if run.rank == 0 else None)
+        folder = checkpoint.save_epoch(state, out) if run.rank == 0 else None
+        report(row, str(folder) if folder else None)
+        if folder and not hand_over_checkpoints:
+            shutil.rmtree(folder)
     return run.rows

@@ -1,10 +1,13 @@
 """Ray Train: one trial is one TorchTrainer whose workers run gnp's loop as DDP (NCCL on GPU, gloo on CPU).
 
-Rank 0 reports a checkpoint every epoch under a deterministic name (epoch_0001, ...); a restarted worker
-group reads the latest back with `ray.train.get_checkpoint()` and gnp resumes it exactly.
+Rank 0 reports a checkpoint every epoch under a deterministic name (epoch_0001, ...), uploaded in the
+background while the next epoch trains (the other ranks never wait for storage); a restarted worker group
+reads the latest one committed with `ray.train.get_checkpoint()` and gnp resumes it exactly.
 """
 
+import contextlib
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -17,7 +20,14 @@ from pathlib import Path
 
 import ray.train
 import ray.train.torch
-from ray.train import Checkpoint, CheckpointConfig, FailureConfig, ScalingConfig
+from ray.train import (
+    Checkpoint,
+    CheckpointConfig,
+    CheckpointConsistencyMode,
+    CheckpointUploadMode,
+    FailureConfig,
+    ScalingConfig,
+)
 from ray.train.torch import TorchConfig, TorchTrainer
 from ray.train.v2.api.callback import UserCallback
 
@@ -119,6 +129,18 @@ def quiet_console() -> None:
                 handler.setLevel(logging.WARNING)
 
 
+def report_epoch(row: dict, folder: str | None, upload=CheckpointUploadMode.ASYNC) -> None:
+    """Every rank's report of an epoch; rank 0's folder is uploaded (by default while the next epoch trains,
+    bench/checkpoint_upload.py measures both), then deleted by Ray."""
+    ray.train.report(
+        row,
+        checkpoint=Checkpoint.from_directory(folder) if folder else None,
+        checkpoint_dir_name=checkpoint.epoch_folder_name(row["epoch"]),
+        checkpoint_upload_mode=upload,
+        delete_local_checkpoint_after_upload=True,
+    )
+
+
 def train_loop_per_worker(config: dict) -> None:
     """Runs on every Train worker: gnp.train with Ray's device, checkpoint and report.
 
@@ -127,26 +149,34 @@ def train_loop_per_worker(config: dict) -> None:
     from gnp.loop import train
 
     quiet_console()
-    out = tempfile.mkdtemp(prefix="gnp-worker-")  # this worker's epoch checkpoints before upload
-    cfg = TrainConfig(**config["train"]).replace(out=out)
+    # This worker's epoch checkpoints before upload, named by trial and rank: a restarted worker of the trial
+    # deletes what its killed predecessor on this node left (an upload cut short leaves its folder).
+    out = Path(tempfile.gettempdir()) / f"{config['scratch']}-{ray.train.get_context().get_world_rank()}"
+    shutil.rmtree(out, ignore_errors=True)
+    cfg = TrainConfig(**config["train"]).replace(out=str(out))
     resume = None
     latest = ray.train.get_checkpoint()
     if latest is not None:
         with latest.as_directory() as folder:
             resume = checkpoint.load(Path(folder) / checkpoint.FILENAME)
 
-    def report(row, folder):
-        ray.train.report(
-            row,
-            checkpoint=Checkpoint.from_directory(folder) if folder else None,
-            checkpoint_dir_name=f"epoch_{row['epoch']:04d}",
-            delete_local_checkpoint_after_upload=False,
-        )
-
     try:
-        train(cfg, resume=resume, report=report, device=ray.train.torch.get_device())
+        train(cfg, resume=resume, report=report_epoch, device=ray.train.torch.get_device(),
+              hand_over_checkpoints=True)
+        # Wait until every upload is committed (Ray deletes each epoch folder then): the folder is empty after.
+        ray.train.get_all_reported_checkpoints(consistency_mode=CheckpointConsistencyMode.COMMITTED)
     finally:
-        shutil.rmtree(out, ignore_errors=True)
+        # An epoch folder still uploading is Ray's to delete: removed under it, an upload could be committed
+        # without its checkpoint.pt. The latest links go.
+        for name in (checkpoint.FILENAME, checkpoint.ROWS_FILENAME):
+            (out / name).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            os.rmdir(out)  # empty, unless the run failed with an upload in flight
+
+
+def scratch_name(storage: str, name: str) -> str:
+    """The workers' local folder name of one trial: the same run in two storages never shares it."""
+    return f"gnp-worker-{hashlib.sha256(f'{storage}/{name}'.encode()).hexdigest()[:16]}"
 
 
 def fit_trial(cfg: TrainConfig, placement: Placement, *, storage: str, name: str, max_failures: int = 3,
@@ -160,7 +190,7 @@ def fit_trial(cfg: TrainConfig, placement: Placement, *, storage: str, name: str
     os.environ.setdefault(WORKER_GROUP_START_TIMEOUT_ENV, str(WORKER_GROUP_START_TIMEOUT_S))  # to the controller
     trainer = TorchTrainer(
         loop,
-        train_loop_config={"train": dataclasses.asdict(cfg)},
+        train_loop_config={"train": dataclasses.asdict(cfg), "scratch": scratch_name(storage, name)},
         # STRICT_PACK: all of a trial's workers on one node (no EFA here: DDP across nodes would crawl)
         scaling_config=ScalingConfig(num_workers=placement.workers, use_gpu=placement.use_gpu,
                                      resources_per_worker=placement.resources(),

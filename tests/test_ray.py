@@ -30,7 +30,7 @@ from jobs import grid
 from jobs import results as res
 from jobs.local import free_port, stop, tree
 from jobs.submit import submit
-from jobs.trial import Placement, TrialClock, fit_trial, rows_of, train_loop_per_worker
+from jobs.trial import Placement, TrialClock, fit_trial, rows_of, scratch_name, train_loop_per_worker
 
 pytestmark = pytest.mark.ray
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers can't import this test file
@@ -78,6 +78,10 @@ def test_two_ray_workers_give_the_same_parameters_as_torchrun(cluster, tmp_path)
     cfg = digits(epochs=1, variant="gnp", alpha=0.5)
     result = fit_trial(cfg, PLACEMENT, storage=str(tmp_path / "storage"), name="same-maths")
     ours = checkpoint.load(Path(result.checkpoint.path) / checkpoint.FILENAME)["model"]
+    # the epoch's folder was uploaded in the background, then the workers' local folders were all removed
+    assert Path(result.checkpoint.path).name == "epoch_0001"
+    scratch = Path(ray.get(ray.remote(tempfile.gettempdir).remote()))  # the workers' temp folder
+    assert not list(scratch.glob(f"{scratch_name(str(tmp_path / 'storage'), 'same-maths')}*"))
     done = subprocess.run(
         [str(BIN / "torchrun"), "--nproc-per-node=2", f"--master-port={free_port()}", "-m", "gnp.train",
          "--epochs", "1", "--batch-size", "32", "--loader-workers", "0", "--threads", "1", "--variant", "gnp",

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -37,6 +38,30 @@ def test_rows_have_every_metric_and_training_learns(digits_root, tmp_path):
     assert all(r["grad_norm"] > 0 and r["images_per_s"] > 0 and r["workers"] == 1 for r in rows)
     saved = checkpoint.load(tmp_path / "run" / checkpoint.FILENAME)
     assert saved["epoch"] == 2 and len(saved["rows"]) == 2
+    # each epoch folder is deleted once reported: the run's folder holds only the latest checkpoint
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [checkpoint.FILENAME, checkpoint.ROWS_FILENAME]
+
+
+def test_a_handed_over_epoch_folder_is_whole_and_never_changes(digits_root, tmp_path):
+    """What Ray uploads in the background while the next epoch trains: the folder must not move under it."""
+    handed = []
+
+    def report(row, folder):
+        files = {p.name: p.read_bytes() for p in sorted(Path(folder).iterdir())}
+        handed.append((Path(folder), files))
+        assert Path(folder).name == f"epoch_{row['epoch']:04d}"
+        assert checkpoint.load(Path(folder) / checkpoint.FILENAME)["epoch"] == row["epoch"]
+        assert json.loads(files[checkpoint.ROWS_FILENAME])[-1]["epoch"] == row["epoch"]
+
+    train(digits(tmp_path, epochs=3), report=report, hand_over_checkpoints=True)
+    assert [folder.name for folder, _ in handed] == ["epoch_0001", "epoch_0002", "epoch_0003"]
+    for folder, files in handed:
+        assert {p.name: p.read_bytes() for p in sorted(folder.iterdir())} == files, folder
+    latest = handed[-1][0]
+    for name in (checkpoint.FILENAME, checkpoint.ROWS_FILENAME):
+        assert (tmp_path / "run" / name).stat().st_ino == (latest / name).stat().st_ino  # a link, not a copy
+    shutil.rmtree(latest)  # what Ray does after the upload: the run's latest checkpoint stays
+    assert checkpoint.load(tmp_path / "run" / checkpoint.FILENAME)["epoch"] == 3
 
 
 def test_a_nan_loss_ends_the_run_as_diverged(digits_root, tmp_path):
@@ -85,8 +110,10 @@ def test_resuming_from_a_checkpoint_continues_exactly(digits_root, tmp_path, var
     with pytest.raises(Crash):
         train(digits(tmp_path / "b", **cfg), report=crash_after_epoch_2)
     resumed_state = checkpoint.load(tmp_path / "b" / "run" / checkpoint.FILENAME)
+    assert (tmp_path / "b" / "run" / "epoch_0002").is_dir()  # the crash came before its folder was deleted
     resumed = train(digits(tmp_path / "b", **cfg), resume=resumed_state)
     assert comparable(resumed) == comparable(straight)
+    assert not list((tmp_path / "b" / "run").glob("*epoch_*"))
     again = checkpoint.load(tmp_path / "b" / "run" / checkpoint.FILENAME)
     for name, tensor in final["model"].items():
         assert torch.equal(tensor, again["model"][name]), name
