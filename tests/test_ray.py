@@ -352,7 +352,7 @@ def ray_list(kind: str, dashboard: int, env) -> list[dict]:
     return json.loads(listed.stdout)
 
 
-def test_two_nodes_drivers_on_the_head_and_a_lost_node_resumed_from_its_checkpoint(cluster, tmp_path):
+def test_two_nodes_drivers_on_the_head_a_lost_node_resumed_and_a_smoke_run_of_another_grid(cluster, tmp_path):
     temp = Path(tempfile.mkdtemp(prefix="gnp-ray-", dir="/tmp"))  # short: Ray's socket paths have a limit
     port, dashboard = free_port(), free_port()
     # Without the loopback-only switch: a head started with it refuses a second node.
@@ -369,12 +369,11 @@ def test_two_nodes_drivers_on_the_head_and_a_lost_node_resumed_from_its_checkpoi
     try:
         ray_start(f"--address=127.0.0.1:{port}", "--num-cpus=2", f"--node-manager-port={nodes[0]}", env=env)
         results = tmp_path / "results"
-        command = [sys.executable, "-m", "jobs.grid", "--recipe", "digits", "--seeds", "0,1",
-                   "--alpha", "0.8", "--epochs", "3", "--batch-size", "32", "--loader-workers", "1",
-                   "--workers", "2", "--experiment", "two", "--results", str(results)]
-        driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                  env={**env, "RAY_ADDRESS": f"127.0.0.1:{port}",
-                                       "PYTHONPATH": os.pathsep.join(sys.path)})
+        base = [sys.executable, "-m", "jobs.grid", "--recipe", "digits", "--seeds", "0,1", "--epochs", "3",
+                "--batch-size", "32", "--loader-workers", "1", "--workers", "2", "--results", str(results)]
+        on_cluster = {**env, "RAY_ADDRESS": f"127.0.0.1:{port}", "PYTHONPATH": os.pathsep.join(sys.path)}
+        driver = subprocess.Popen([*base, "--alpha", "0.8", "--experiment", "two"], stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE, text=True, env=on_cluster)
         deadline = time.monotonic() + 240
         checkpoints = results / "_ray" / "two-train"
         while not (done := list(checkpoints.glob("*/epoch_0001"))) and time.monotonic() < deadline:
@@ -391,6 +390,10 @@ def test_two_nodes_drivers_on_the_head_and_a_lost_node_resumed_from_its_checkpoi
         ray_start(f"--address=127.0.0.1:{port}", "--num-cpus=2", f"--node-manager-port={nodes[1]}", env=env)
         _, err = driver.communicate(timeout=400)
         assert driver.returncode == 0, err[-3000:]
+        # The smoke run of another grid on this cluster: drivers on the head, workers on the new node.
+        smoke = subprocess.run([*base, "--alpha", "0,0.8,1", "--experiment", "g", "--smoke", "3"],
+                               capture_output=True, text=True, env=on_cluster, timeout=300)
+        assert smoke.returncode == 0, smoke.stderr[-3000:]
     finally:
         if driver is not None and driver.poll() is None:
             driver.kill()
@@ -406,6 +409,18 @@ def test_two_nodes_drivers_on_the_head_and_a_lost_node_resumed_from_its_checkpoi
     assert [{k: r[k] for k in shared} for r in without_timing(killed)] == [{k: r[k] for k in shared}
                                                                             for r in clean]
     assert {"train_loss", "test_top1_err", "grad_norm"} <= shared
+
+    # --smoke 3: one trial of one pass and one of two passes, 3 steps of one epoch each, under
+    # <experiment>-smoke-<time>; the grid itself does not run, and its plan is priced at the smoke's rates.
+    (folder,) = results.glob("g-smoke-*")
+    rows = parquet_rows(folder)
+    assert sorted((r["variant"], r["epoch"], r["status"]) for r in rows) == [("gnp", 1, "ok"), ("standard", 1, "ok")]
+    assert all(json.loads(r["config"])["max_steps_per_epoch"] == 3 and r["workers"] == 2 for r in rows)
+    assert not (results / "g").exists()
+    assert "GO: every smoke trial" in smoke.stdout and smoke.stdout.count(" s/step, ") == 2
+    assert "img/s per device" in smoke.stdout
+    plan = smoke.stdout.split("== the grid at the rates measured:")[1]
+    assert "6 trials, 6 to run" in plan and "results" in plan
 
 
 def test_the_greedy_protocol_stopped_between_stages_resumes_and_picks_by_its_rule(cluster, tmp_path, monkeypatch):
@@ -523,19 +538,3 @@ def test_asha_stops_a_search_trial_which_is_never_picked_and_its_train_run_ends(
     before = {f.name: f.stat().st_mtime_ns for f in (tmp_path / "asha").glob("*.parquet")}
     assert grid.main(argv) == 0
     assert {f.name: f.stat().st_mtime_ns for f in (tmp_path / "asha").glob("*.parquet")} == before
-
-
-def test_a_smoke_run_trains_a_few_steps_of_each_kind_reports_go_and_prices_the_grid(cluster, tmp_path, capsys):
-    """--smoke 3 on the test cluster: one trial of one pass and one of two passes, 3 steps of one
-    epoch each, under <experiment>-smoke-<time>; the grid itself does not run, and its plan is priced at
-    the rates the smoke trials measured."""
-    assert run_grid(tmp_path, "--seeds", "0,1", "--alpha", "0,0.8,1", "--experiment", "g", "--smoke", "3") == 0
-    out = capsys.readouterr().out
-    (folder,) = (tmp_path / "results").glob("g-smoke-*")
-    rows = parquet_rows(folder)
-    assert sorted((r["variant"], r["epoch"], r["status"]) for r in rows) == [("gnp", 1, "ok"), ("standard", 1, "ok")]
-    assert all(json.loads(r["config"])["max_steps_per_epoch"] == 3 for r in rows)
-    assert not (tmp_path / "results" / "g").exists()  # the grid itself did not run
-    assert "GO: every smoke trial" in out and out.count(" s/step, ") == 2 and "img/s per device" in out
-    plan = out.split("== the grid at the rates measured:")[1]
-    assert "6 trials, 6 to run" in plan and "results" in plan  # priced from the smoke trials' rows
