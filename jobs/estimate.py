@@ -2,12 +2,14 @@
 
 A trial's rate (images/s per device) comes, in this order, from earlier results on the same model and
 device kind (every experiment under --results: end to end, the real loader included), from
-`bench/step_ratio.py --json bench/results` (its one-process figures: synthetic batches, no data loading,
-so the hours are a lower bound), and for a GPU grid with neither, from an assumption said as one: the
-throughput target of 3,000 images/s per GPU for ResNet-50's standard step, scaled by the network's
-forward multiply-adds, half that for a two-pass step. A variant without its own measurement takes one of
-a variant with as many passes per step (gnp, sam, fgr, bgr, asam: two). Every trial line says which rate
-it took and from where; the total says how long the grid takes with the trials that run at once.
+`bench/step_ratio.py --json bench/results` (its one-process figures) and from the GPU step A committed
+under bench/results (`bench/gpu_steps.py A`: the grid's eager step on a one-rank group), both synthetic
+batches without data loading, so the hours are a lower bound; for a GPU grid with none of these, from an
+assumption said as one: the throughput target of 3,000 images/s per GPU for ResNet-50's standard step,
+scaled by the network's forward multiply-adds, half that for a two-pass step. A variant without its own
+measurement takes one of a variant with as many passes per step (gnp, sam, fgr, bgr, asam: two). Every
+trial line says which rate it took and from where; the total says how long the grid takes with the trials
+that run at once.
 """
 
 import glob
@@ -46,7 +48,20 @@ def measured_rates(results: str) -> list[dict]:
         for scheme, figures in bench["runs"].get("1 process", {}).items():
             rates.append(dict(model=bench["args"]["model"], device=device, variant=scheme,
                               per_device=float(figures["img_s"]), source=Path(path).name))
+    for path in sorted(glob.glob(str(BENCH / "**" / "A.jsonl"), recursive=True)):
+        rates += gpu_step_rates(Path(path))
     return rates
+
+
+def gpu_step_rates(path: Path) -> list[dict]:
+    """The grid's eager step as `bench/gpu_steps.py A` timed it on a GPU, per scheme. The amortized scheme is
+    left out: it is a regularize_every the rate lookup does not tell apart."""
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    device = next((line.get("gpu") for line in lines if line["kind"] == "preflight"), None) or "GPU"
+    return [dict(model=line["model"], device=device, variant=line["scheme"], per_device=float(line["img_s"]),
+                 source=f"{path.parent.name}/{path.name}")
+            for line in lines if line["kind"] == "step" and line.get("img_s") and line.get("device_type") == "cuda"
+            and line["scheme"] in variants.REGISTRY]
 
 
 # Forward multiply-adds per image (GMACs) at the image size, measured with torch.utils.flop_counter.

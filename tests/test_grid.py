@@ -414,3 +414,24 @@ def test_a_rate_from_results_comes_before_a_benchmarks_whatever_their_sizes():
              {**results, "variant": "sam"}]  # the results have only SAM (two passes as well): still first
     assert rate_for(cfg, False, rates)["source"] == "results"
     assert rate_for(cfg, False, rates[:2])["per_device"] == 900.0  # no results: the benchmark's own variant
+
+
+def test_the_estimate_reads_the_gpu_steps_eager_figures_committed_under_bench_results(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "bench"))
+    from gpu_steps import Record  # the writer of A.jsonl
+
+    (tmp_path / "gpu-h100").mkdir()
+    record = Record(tmp_path / "gpu-h100" / "A.jsonl", "A")
+    record("preflight", gpu="NVIDIA H100 80GB HBM3", device_type="cuda")
+    where = dict(recipe="imagenet-resnet50", model="ResNet50", batch=128, image_size=224, device_type="cuda")
+    for scheme, img_s in (("standard", 2900.0), ("gnp", 1500.0), ("amortized_1/4", 2500.0)):
+        record("step", **where, scheme=scheme, img_s=img_s)
+    record("skipped", reason="cap", **where, scheme="sam")
+    monkeypatch.setattr(estimate, "BENCH", tmp_path)
+    rates = estimate.measured_rates(str(tmp_path / "results"))
+    assert {(r["device"], r["variant"], r["per_device"], r["source"]) for r in rates} == {
+        ("NVIDIA H100 80GB HBM3", "standard", 2900.0, "gpu-h100/A.jsonl"),
+        ("NVIDIA H100 80GB HBM3", "gnp", 1500.0, "gpu-h100/A.jsonl")}
+    cfg = get_recipe("imagenet-resnet50", variant="sam", alpha=1.0)
+    assert estimate.rate_for(cfg, True, rates)["per_device"] == 1500.0  # two passes, as gnp
+    assert estimate.rate_for(cfg, False, rates) is None  # not a CPU figure
