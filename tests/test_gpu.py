@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from test_decode import batches, differences
 from test_loop_gpu_path import tied_head
 from test_optim import batch, mlp, reference_gradient
-from test_train import comparable
+from test_train import Crash, comparable, crash_after_epoch
 from torch import nn
 
 from gnp import checkpoint
@@ -236,15 +236,8 @@ def test_resume_from_a_checkpoint_continues_exactly_with_the_device_generator(
     cfg = dict(variant="gnp", alpha=0.5, amp="bf16" if CUDA else "none", loader_workers=2 if CUDA else 0)
     straight = train(recipe(tmp_path / "a", **cfg))
 
-    class Stop(Exception):
-        pass
-
-    def stop_after_epoch_1(row, folder):
-        if row["epoch"] == 1:
-            raise Stop
-
-    with pytest.raises(Stop):
-        train(recipe(tmp_path / "b", **cfg), report=stop_after_epoch_1)
+    with pytest.raises(Crash):
+        train(recipe(tmp_path / "b", **cfg), report=crash_after_epoch(1))
     state = checkpoint.load(tmp_path / "b" / checkpoint.FILENAME)
     assert state["epoch"] == 1 and (state["rng"][0]["cuda"] is not None) == CUDA
     resumed = train(recipe(tmp_path / "b", **cfg), resume=state)

@@ -90,6 +90,14 @@ def crash_in_epoch(epoch, at_step=None):
     return run_epoch if at_step is None else ramp
 
 
+def crash_after_epoch(epoch):
+    """A report that dies once `epoch`'s checkpoint is written, as a worker killed then would."""
+    def report(row, folder):
+        if row["epoch"] == epoch:
+            raise Crash
+    return report
+
+
 def comparable(rows):
     return [{k: v for k, v in r.items() if k not in ("wall_s", "images_per_s", "started_at", "ended_at")} for r in rows]
 
@@ -100,15 +108,8 @@ def test_resuming_from_a_checkpoint_continues_exactly(digits_root, tmp_path, var
     straight = train(digits(tmp_path / "a", **cfg))
     final = checkpoint.load(tmp_path / "a" / "run" / checkpoint.FILENAME)
 
-    class Crash(Exception):
-        pass
-
-    def crash_after_epoch_2(row, folder):
-        if row["epoch"] == 2:
-            raise Crash  # after the checkpoint of epoch 2 was written, as a killed worker would
-
     with pytest.raises(Crash):
-        train(digits(tmp_path / "b", **cfg), report=crash_after_epoch_2)
+        train(digits(tmp_path / "b", **cfg), report=crash_after_epoch(2))
     resumed_state = checkpoint.load(tmp_path / "b" / "run" / checkpoint.FILENAME)
     assert (tmp_path / "b" / "run" / "epoch_0002").is_dir()  # the crash came before its folder was deleted
     resumed = train(digits(tmp_path / "b", **cfg), resume=resumed_state)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train import comparable
+from test_train import Crash, comparable, crash_after_epoch
 from torch import nn
 
 from gnp import checkpoint
@@ -71,15 +71,8 @@ def test_the_adamw_recipe_trains_resumes_exactly_and_checkpoints_adamws_state(tm
     straight = train(vit_digits(tmp_path / "a", **cfg))
     assert straight[-1]["train_loss"] < straight[0]["train_loss"] and straight[0]["lr"] > 0
 
-    class Crash(Exception):
-        pass
-
-    def crash_after_epoch_1(row, folder):
-        if row["epoch"] == 1:
-            raise Crash
-
     with pytest.raises(Crash):
-        train(vit_digits(tmp_path / "b", **cfg), report=crash_after_epoch_1)
+        train(vit_digits(tmp_path / "b", **cfg), report=crash_after_epoch(1))
     state = checkpoint.load(tmp_path / "b" / "run" / checkpoint.FILENAME)
     assert {"exp_avg", "exp_avg_sq"} <= set(state["optimizer"]["state"][0])
     resumed = train(vit_digits(tmp_path / "b", **cfg), resume=state)
