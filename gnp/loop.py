@@ -429,10 +429,10 @@ def train(cfg: TrainConfig, *, resume: dict | None = None, report: Report | None
     """Train one run on this worker; returns the metrics rows of every epoch (resumed ones included).
 
     `resume` is a loaded checkpoint (see gnp.checkpoint.load). After every epoch rank 0 writes the epoch's
-    checkpoint folder (gnp.checkpoint.save_epoch: <out>/checkpoint.pt and <out>/rows.json, every row so far
-    and readable without torch, then link to it), then every rank calls `report(row, folder or None)`. The
-    folder is deleted once report returns, unless `hand_over_checkpoints`: then report owns it (Ray Train
-    uploads it in the background while the next epoch trains, and deletes it after).
+    folder <out>/epoch_NNNN (checkpoint.pt; rows.json, every row so far, readable without torch) and links
+    <out>/checkpoint.pt and <out>/rows.json to it (gnp.checkpoint.save_epoch); then every rank calls
+    `report(row, folder or None)`. The folder is deleted once report returns, unless `hand_over_checkpoints`:
+    then report owns it (Ray Train uploads it in the background while the next epoch trains, then deletes it).
     """
     out = prepare_output(cfg.out)
     run = Run(cfg, device)
