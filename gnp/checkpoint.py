@@ -19,39 +19,19 @@ FILENAME = "checkpoint.pt"
 ROWS_FILENAME = "rows.json"
 
 
-def atomic_write(path: Path, write) -> None:
-    """write(file) into a temp file in the same folder, then rename: a crash never leaves half a file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def save(state: dict, path: Path) -> None:
-    atomic_write(path, lambda f: torch.save(state, f))
-
-
-def save_rows(rows: list[dict], path: Path) -> None:
-    atomic_write(path, lambda f: f.write(json.dumps(rows).encode()))
-
-
 def epoch_folder_name(epoch: int) -> str:
     return f"epoch_{epoch:04d}"
 
 
 def save_epoch(state: dict, out: Path) -> Path:
-    """Write <out>/epoch_NNNN (checkpoint.pt, rows.json) whole or not at all, then point the latest links at
-    it. Returns the folder; whoever takes it (an upload, or nobody) deletes it: the links keep the data."""
+    """Write <out>/epoch_NNNN (checkpoint.pt, rows.json) whole or not at all (into a temporary folder, then
+    renamed), then point the latest links at it. Returns the folder; whoever takes it (an upload, or nobody)
+    deletes it: the links keep the data."""
     folder = out / epoch_folder_name(state["epoch"])
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=out))
     try:
-        save(state, tmp / FILENAME)
-        save_rows(state["rows"], tmp / ROWS_FILENAME)
+        torch.save(state, tmp / FILENAME)
+        (tmp / ROWS_FILENAME).write_text(json.dumps(state["rows"]))
         shutil.rmtree(folder, ignore_errors=True)  # left by an interrupted run that is now redoing this epoch
         os.replace(tmp, folder)
     except BaseException:
