@@ -146,7 +146,7 @@ class GNP(torch.optim.Optimizer):
         if closure is None:
             raise ValueError("GNP needs a closure that runs forward and backward and returns the loss")
         self.zero_grad(set_to_none=True)
-        kind = self.variant.step if regularize and self.alpha != 0 else Step.ONE_PASS
+        kind = self.variant.step_at(self.alpha) if regularize else Step.ONE_PASS
         self.regularized = kind is not Step.ONE_PASS
         take = {Step.ONE_PASS: self._one_pass_step, Step.TWO_PASSES: self._two_pass_step,
                 Step.DOUBLE_BACKPROP: self._double_backprop_step}[kind]

@@ -105,6 +105,10 @@ class Variant:
         theta = f"θ' = {self.theta_prime}, " if self.step is Step.TWO_PASSES else ""
         return f"{self.about}: {theta}g = {self.g}"
 
+    def step_at(self, alpha: float) -> Step:
+        """The step it takes at α: α = 0 is plain training, one pass, whatever the variant."""
+        return self.step if alpha != 0 else Step.ONE_PASS
+
     def allows(self, alpha: float) -> bool:
         return math.isfinite(alpha) and (self.fixed_alpha is None or alpha == self.fixed_alpha)
 

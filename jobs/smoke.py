@@ -20,8 +20,7 @@ def smoke_configs(configs: list, steps: int) -> list:
     """The first trial of each kind of step, one epoch of `steps` steps."""
     first = {}
     for cfg in configs:
-        kind = variants.REGISTRY[cfg.variant].step if cfg.alpha else variants.Step.ONE_PASS
-        first.setdefault(kind, cfg)
+        first.setdefault(variants.REGISTRY[cfg.variant].step_at(cfg.alpha), cfg)
     return [cfg.replace(epochs=1, max_steps_per_epoch=steps) for cfg in first.values()]
 
 
